@@ -1,0 +1,209 @@
+"""All budget arithmetic of recbole-bet: nothing else in the package counts parameters.
+
+Sizes are "entity units": one unit is one dimension of one user or item. An entity with size ``d``
+keeps ``d * tables_per_entity`` parameters (NeuMF has a GMF and an MLP table per entity).
+Size vectors list users first, then items, without RecBole's padding row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from recbole_bet.errors import BadInput
+
+
+def budget_params(sparsity: float, d_max: int, n_users: int, n_items: int, tables_per_entity: int) -> int:
+    """The SPEC formula, evaluated literally in floating point so that every checker agrees."""
+    return int(math.floor((1 - sparsity) * d_max * (n_users + n_items) * tables_per_entity))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A parameter budget for one model's user/item tables."""
+
+    n_users: int
+    n_items: int
+    d_max: int
+    d_min: int
+    tables_per_entity: int
+    sparsity: float
+
+    @property
+    def n_entities(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def full_params(self) -> int:
+        return self.d_max * self.n_entities * self.tables_per_entity
+
+    @property
+    def budget_params(self) -> int:
+        return budget_params(self.sparsity, self.d_max, self.n_users, self.n_items, self.tables_per_entity)
+
+    @property
+    def budget_units(self) -> int:
+        """Total size (sum over entities) an action may use, capped at every entity at d_max."""
+        return min(self.budget_params // self.tables_per_entity, self.d_max * self.n_entities)
+
+    def kept_params(self, sizes) -> int:
+        """Parameters an action keeps; ``sizes`` is one size vector (users then items)."""
+        return int(np.asarray(sizes, dtype=np.int64).sum()) * self.tables_per_entity
+
+    def kept_params_many(self, sizes: np.ndarray) -> np.ndarray:
+        """kept_params of each row of an (m, n) size matrix."""
+        return np.asarray(sizes, dtype=np.int64).sum(axis=1) * self.tables_per_entity
+
+    def realized_sparsity(self, kept: int) -> float:
+        return 1.0 - kept / self.full_params
+
+    def fits(self, sizes) -> bool:
+        sizes = np.asarray(sizes)
+        return (
+            self.kept_params(sizes) <= self.budget_params
+            and int(sizes.min()) >= self.d_min
+            and int(sizes.max()) <= self.d_max
+        )
+
+    def highest_feasible_sparsity(self) -> float:
+        """The largest sparsity (4 decimals, rounded down) at which every row still gets d_min."""
+        s = math.floor((1 - self.d_min / self.d_max) * 1e4) / 1e4
+        while s > 0 and budget_params(s, self.d_max, self.n_users, self.n_items, self.tables_per_entity) < (
+            self.d_min * self.n_entities * self.tables_per_entity
+        ):
+            s = round(s - 1e-4, 4)
+        return s
+
+    def check_feasible(self) -> None:
+        if self.budget_params < self.d_min * self.n_entities * self.tables_per_entity:
+            raise BadInput(
+                f"sparsity {self.sparsity} leaves {self.budget_params} parameters, fewer than d_min={self.d_min} "
+                f"for each of the {self.n_entities} users and items; the highest feasible sparsity here is "
+                f"{self.highest_feasible_sparsity()} (or lower d_min)"
+            )
+
+
+def validate_budget_keys(sparsity, d_max, d_min) -> None:
+    """Check the budget keys alone (before any data is loaded); raises BadInput saying what to change."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise BadInput(f"sparsity must be a number strictly between 0 and 1 (e.g. --sparsity=0.9), got {sparsity!r}")
+    if not 0 < sparsity < 1:
+        raise BadInput(f"sparsity must be strictly between 0 and 1 (e.g. --sparsity=0.9), got {sparsity}")
+    for key, value in (("d_max", d_max), ("d_min", d_min)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"{key} must be a positive integer, got {value!r}")
+    if d_min > d_max:
+        raise BadInput(f"d_min ({d_min}) must not exceed d_max ({d_max})")
+
+
+def make_budget(sparsity, d_max, d_min, n_users: int, n_items: int, tables_per_entity: int) -> Budget:
+    """Validate the budget keys and build a feasible Budget, or raise BadInput saying what to change."""
+    validate_budget_keys(sparsity, d_max, d_min)
+    budget = Budget(n_users, n_items, d_max, d_min, tables_per_entity, float(sparsity))
+    budget.check_feasible()
+    return budget
+
+
+def split_total(weights_user: np.ndarray, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+    """Split the budget between users and items: users get about ``w`` of it (one w per action).
+
+    The share is clipped so both sides can give every entity between d_min and d_max.
+    Returns integer unit totals (user_totals, item_totals), each of shape (m,).
+    """
+    total = budget.budget_units
+    lo_u, hi_u = budget.d_min * budget.n_users, budget.d_max * budget.n_users
+    lo_i, hi_i = budget.d_min * budget.n_items, budget.d_max * budget.n_items
+    low = max(lo_u, total - hi_i)
+    high = min(hi_u, total - lo_i)
+    user_totals = np.clip(np.rint(np.asarray(weights_user, dtype=np.float64) * total), low, high).astype(np.int64)
+    return user_totals, total - user_totals
+
+
+def allocate_sorted(weights_desc: np.ndarray, totals: np.ndarray, d_min: int, d_max: int) -> np.ndarray:
+    """Integer sizes proportional to weights, within [d_min, d_max], summing exactly to each total.
+
+    ``weights_desc``: (m, n) positive weights, each row sorted in descending order.
+    ``totals``: (m,) integer totals with n*d_min <= total <= n*d_max.
+    Returns (m, n) int16 sizes, each row sorted in descending order.
+
+    The real-valued solution is x = clip(lam * w, d_min, d_max) with lam chosen so that sum(x) = total
+    (water-filling: what a capped entity cannot take goes to the others). Because rows are sorted, sum(x)
+    for a given lam needs only two binary searches and prefix sums, so lam is found by bisection at
+    O(m log n) per step. Rounding: floor every size, then give the r units that flooring lost (r < n) one
+    each to the first r entities that are below d_max, in rank order. Every size stays within
+    [d_min, d_max], rows stay sorted, and the row sums exactly to its total: no budget is wasted.
+    """
+    w = np.maximum(np.asarray(weights_desc, dtype=np.float64), 1e-300)
+    m, n = w.shape
+    totals = np.asarray(totals, dtype=np.int64)
+    if np.any(totals < n * d_min) or np.any(totals > n * d_max):
+        raise ValueError("allocate_sorted: a total lies outside [n*d_min, n*d_max]")
+    prefix = np.cumsum(w, axis=1)  # prefix[:, k-1] = sum of the top k weights
+    neg_w = np.negative(w)  # ascending rows, for searchsorted
+    rows = np.arange(m)
+
+    def top_sum(k):
+        return np.where(k > 0, prefix[rows, np.maximum(k - 1, 0)], 0.0)
+
+    def clamp_pattern(lam):
+        # entities with lam*w >= d_max are a prefix of length k_hi; those with lam*w <= d_min start at k_lo
+        k_hi = np.fromiter((np.searchsorted(neg_w[r], -d_max / lam[r], side="right") for r in range(m)), np.int64, m)
+        k_lo = np.fromiter((np.searchsorted(neg_w[r], -d_min / lam[r], side="left") for r in range(m)), np.int64, m)
+        k_lo = np.maximum(k_lo, k_hi)
+        middle = top_sum(k_lo) - top_sum(k_hi)
+        return d_max * k_hi + d_min * (n - k_lo), middle
+
+    # bracket lam: at lam_lo every entity sits at d_min, at lam_hi every entity sits at d_max
+    lam_lo = d_min / w[:, 0] * 0.5
+    lam_hi = d_max / w[:, -1] * 2.0
+    for _ in range(200):
+        mid = np.sqrt(lam_lo * lam_hi)
+        fixed, middle = clamp_pattern(mid)
+        too_big = fixed + mid * middle > totals
+        lam_hi = np.where(too_big, mid, lam_hi)
+        lam_lo = np.where(too_big, lam_lo, mid)
+        if np.all(lam_hi <= lam_lo * (1 + 1e-12)):
+            break
+    fixed, middle = clamp_pattern(lam_lo)  # exact solve on the final clamp pattern
+    lam = np.where(middle > 0, (totals - fixed) / np.where(middle > 0, middle, 1.0), lam_lo)
+    np.multiply(w, lam[:, None], out=w)
+    np.clip(w, d_min, d_max, out=w)
+    sizes = np.floor(w, out=w).astype(np.int16)
+    lost = totals - sizes.sum(axis=1, dtype=np.int64)
+    start = (sizes == d_max).sum(axis=1)  # capped entities form a prefix
+    lost = np.clip(lost, 0, n - start)
+    idx = np.arange(n)
+    sizes += ((idx >= start[:, None]) & (idx < (start + lost)[:, None])).astype(np.int16)
+    _repair_totals(sizes, totals, d_min, d_max)
+    return sizes
+
+
+def _repair_totals(sizes: np.ndarray, totals: np.ndarray, d_min: int, d_max: int) -> None:
+    """Safety net for float corner cases: make each row sum exactly to its total, keeping rows sorted."""
+    diff = totals - sizes.sum(axis=1)
+    for r in np.nonzero(diff)[0]:
+        need = int(diff[r])
+        row = sizes[r]
+        if need > 0:
+            room = np.nonzero(row < d_max)[0]
+            for j in room[:need]:
+                row[j] += 1
+        else:
+            room = np.nonzero(row > d_min)[0][::-1]
+            for j in room[: -need]:
+                row[j] -= 1
+        row[:] = np.sort(row)[::-1]
+
+
+def assign_by_rank(sorted_sizes: np.ndarray, rank_order: np.ndarray) -> np.ndarray:
+    """Give the k-th largest size to the entity at ``rank_order[k]`` (most frequent first)."""
+    out = np.empty_like(sorted_sizes)
+    out[:, rank_order] = sorted_sizes
+    return out
+
+
+def equal_sizes(budget: Budget) -> np.ndarray:
+    """Every user and item gets the same size: the largest that fits the budget."""
+    size = min(budget.d_max, budget.budget_units // budget.n_entities)
+    return np.full(budget.n_entities, size, dtype=np.int64)
