@@ -1,0 +1,64 @@
+"""Command-line front ends: ``run_bet.py`` and ``python -m recbole_bet``.
+
+Bad input exits 2 with one ``error:`` line on stderr and no traceback; anything else unexpected exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from recbole_bet.errors import BadInput
+
+
+def guarded(func, *args, **kwargs) -> int:
+    """Run ``func``; turn BadInput into ``error: ...`` on stderr and exit status 2."""
+    try:
+        result = func(*args, **kwargs)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _run_bet(argv) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_bet.py",
+        description="Fit a RecBole model's user/item embedding tables into a parameter budget.",
+        epilog="Any other --KEY=VALUE is a RecBole or recbole-bet config key (see docs/config.md).",
+    )
+    parser.add_argument("--model", "-m", default=None, help="stock RecBole general recommender, e.g. LightGCN")
+    parser.add_argument("--dataset", "-d", default=None, help="RecBole dataset name, e.g. ml-100k")
+    parser.add_argument("--config_files", default=None, help='space-separated YAML files, e.g. "a.yaml b.yaml"')
+    args, _ = parser.parse_known_args(argv)  # the rest is read by RecBole's Config from sys.argv
+    from recbole_bet.pipeline import quick_start
+
+    files = args.config_files.split() if args.config_files else None
+    report_dir = quick_start(args.model, args.dataset, config_file_list=files)["config"]["output_dir"]
+    print(f"report: {os.path.join(report_dir, 'report.json')}")
+    print(f"table:  {os.path.join(report_dir, 'table.npz')}")
+    return 0
+
+
+def run_bet_main(argv=None) -> int:
+    return guarded(_run_bet, sys.argv[1:] if argv is None else argv)
+
+
+def package_main(argv=None) -> int:
+    """``python -m recbole_bet COMMAND ...``"""
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"convert": "convert LightGCN-format train/test(/valid).txt into RecBole atomic files",
+                "run": "the same as run_bet.py"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        usage = "\n".join(f"  {name:<10} {text}" for name, text in commands.items())
+        print(f"usage: python -m recbole_bet COMMAND [options]\ncommands:\n{usage}",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+            return 2
+        return 0
+    if argv[0] == "convert":
+        from recbole_bet.convert import main as convert_main
+
+        return guarded(convert_main, argv[1:])
+    return run_bet_main(argv[1:])

@@ -1,0 +1,127 @@
+"""RecBole ``Config`` with recbole-bet's YAML layers, and validation of recbole-bet's keys.
+
+Layers, later wins: RecBole's defaults < properties/overall.yaml < properties/model/<MODEL>.yaml <
+properties/dataset/<DATASET>.yaml < the user's --config_files < config_dict < --key=value.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recbole.config import Config
+from recbole.utils import ModelType
+
+from recbole_bet import compat
+from recbole_bet.budget import validate_budget_keys
+from recbole_bet.errors import BadInput
+from recbole_bet.models import configure_width
+
+METHODS = ("bet", "es", "mr")
+
+
+def properties_dir() -> Path:
+    """``properties/`` of a checkout, or the copy installed inside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "properties", here.parent / "properties"):
+        if (candidate / "overall.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("recbole-bet's properties/ folder is missing from this installation")
+
+
+def config_files_for(model: str, dataset: str, extra=None) -> list[str]:
+    props = properties_dir()
+    files = [props / "overall.yaml", props / "model" / f"{model}.yaml", props / "dataset" / f"{dataset}.yaml"]
+    found = [str(f) for f in files if f.is_file()]
+    for f in extra or []:
+        # a bare profile name ("quick") means properties/<name>.yaml, also for installed packages
+        bundled = props / (f if f.endswith(".yaml") else f"{f}.yaml")
+        if not os.path.isfile(f) and os.sep not in f and bundled.is_file():
+            f = str(bundled)
+        if not os.path.isfile(f):
+            raise BadInput(f"config file {f} does not exist; check --config_files")
+        found.append(f)
+    return found
+
+
+def make_config(model: str, dataset: str, config_file_list=None, config_dict=None) -> Config:
+    """Build and validate the effective configuration; raises BadInput on anything a user must fix."""
+    compat.apply()
+    if not model or not dataset:
+        raise BadInput("both --model and --dataset are required, e.g. --model=LightGCN --dataset=ml-100k")
+    files = config_files_for(model, dataset, config_file_list)
+    try:
+        config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict or {})
+    except ValueError as exc:
+        if "is not the name of an existing model" in str(exc):
+            raise BadInput(
+                f"unknown model {model!r}; use a RecBole general recommender such as LightGCN, NGCF, NeuMF or BPR"
+            ) from None
+        raise BadInput(f"bad configuration: {exc}") from None
+    except SyntaxError as exc:
+        raise BadInput(f"bad command line: {exc}") from None
+    if config["MODEL_TYPE"] != ModelType.GENERAL:
+        raise BadInput(
+            f"model {model} is not a general recommender; recbole-bet compresses the user/item tables of "
+            "general recommenders such as LightGCN, NGCF, NeuMF or BPR"
+        )
+    validate(config)
+    configure_width(config, config["d_max"])
+    return config
+
+
+def _positive_int(config, key, minimum=1):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadInput(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. --{key}={max(minimum, 1)})")
+
+
+def validate(config) -> None:
+    """Check recbole-bet's own keys; feasibility of the budget is checked once the data is loaded."""
+    validate_budget_keys(config["sparsity"], config["d_max"], config["d_min"])
+    method = config["method"]
+    if method not in METHODS:
+        raise BadInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (e.g. --method=es)")
+    for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
+                "bet_predictor_updates", "bet_predictor_batch_size"):
+        _positive_int(config, key)
+    if method == "bet" and config["bet_retrain_top_k"] > config["bet_iterations"]:
+        raise BadInput(
+            f"bet_retrain_top_k ({config['bet_retrain_top_k']}) cannot exceed bet_iterations "
+            f"({config['bet_iterations']}): only that many actions are evaluated"
+        )
+    if config["bet_selection"] not in ("schedule", "random"):
+        raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
+    for key in ("bet_finetune_lr", "bet_predictor_lr"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise BadInput(f"{key} must be a positive number, got {value!r}")
+    if not isinstance(config["dataset"], str) or "/" in config["dataset"]:
+        raise BadInput(f"dataset must be a RecBole dataset name, got {config['dataset']!r}")
+    check_dataset_files(config)
+
+
+def check_dataset_files(config) -> None:
+    """RecBole would try to download an unknown dataset; we only read what is on disk."""
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(path):
+        raise BadInput(
+            f"dataset {config['dataset']!r} not found: no {path}; put RecBole atomic files there, change "
+            "--data_path, or convert LightGCN-format data with: python -m recbole_bet convert --input=DIR"
+        )
+
+
+# keys that do not change what pretraining produces (so a cached pretrained model can be reused)
+_NOT_PRETRAIN_KEYS = {
+    "method", "sparsity", "d_min", "output_dir", "memory_budget", "device", "gpu_id", "use_gpu", "state",
+    "show_progress", "checkpoint_dir", "pretrain_cache_dir", "log_wandb", "wandb_project", "worker",
+    "eval_batch_size", "config_files", "resume", "local_rank", "world_size", "nproc", "offset", "ip", "port",
+    "backend", "single_spec", "data_path",
+}
+
+
+def pretrain_key_items(config) -> dict:
+    """The config entries that determine the pretrained model."""
+    return {
+        k: v for k, v in sorted(config.final_config_dict.items())
+        if k not in _NOT_PRETRAIN_KEYS and not k.startswith("bet_")
+    }

@@ -1,0 +1,200 @@
+"""The run: config -> data -> stock model with masked tables -> method -> test -> artifact and report."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from logging import getLogger
+from time import perf_counter
+
+import numpy as np
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_local_time, init_logger, init_seed
+
+from recbole_bet.budget import Budget, make_budget
+from recbole_bet.config import make_config
+from recbole_bet.errors import BadInput
+from recbole_bet.export import save_artifact
+from recbole_bet.masking import MaskedTables, find_tables, load_plain_state_dict, plain_state_dict, tables_per_entity
+from recbole_bet.methods import get_method
+from recbole_bet.models import attach_full_sort, build_model
+from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
+
+# the SPEC keys echoed in the report's "config", plus the training keys that shape a result
+REPORT_CONFIG_KEYS = (
+    "method", "sparsity", "d_max", "d_min", "output_dir", "seed", "epochs", "train_batch_size",
+    "learning_rate", "stopping_step", "valid_metric", "eval_args", "embedding_size",
+)
+
+
+@dataclass
+class RunContext:
+    """Everything a method needs, built once per run."""
+
+    config: object
+    dataset: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    model: torch.nn.Module
+    masked: MaskedTables
+    budget: Budget
+    init_state: dict  # the freshly initialised weights: "from scratch" restarts here
+    user_freq: np.ndarray  # training interactions per user (no padding row)
+    item_freq: np.ndarray
+    scorer: Scorer
+
+    @property
+    def logger(self):
+        return getLogger()
+
+    def evaluate(self, data) -> dict:
+        return self.scorer.evaluate(data)
+
+    def train_from_scratch(self, sizes):
+        """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
+        start = perf_counter()
+        load_plain_state_dict(self.model, self.init_state)
+        self.masked.set_sizes(sizes)
+        valid = train_to_convergence(self.config, self.model, self.train_data, self.valid_data)
+        return plain_state_dict(self.model), valid, perf_counter() - start
+
+
+def _frequencies(train_dataset, n_users: int, n_items: int):
+    inter = train_dataset.inter_feat
+    users = inter[train_dataset.uid_field].numpy()
+    items = inter[train_dataset.iid_field].numpy()
+    user_freq = np.bincount(users, minlength=n_users + 1)[1:]
+    item_freq = np.bincount(items, minlength=n_items + 1)[1:]
+    return user_freq, item_freq
+
+
+def context_from(config, model, train_data, valid_data, test_data=None, dataset=None) -> RunContext:
+    """A run context around a model the caller built (as RecBole users do) and its data loaders."""
+    attach_full_sort(model)
+    train_dataset = train_data.dataset
+    tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
+    masked = MaskedTables(model, tables, config["d_max"])
+    budget = make_budget(config["sparsity"], config["d_max"], config["d_min"], masked.n_users, masked.n_items,
+                         tables_per_entity(tables))
+    user_freq, item_freq = _frequencies(train_dataset, masked.n_users, masked.n_items)
+    return RunContext(config, dataset, train_data, valid_data, test_data, model, masked, budget,
+                      plain_state_dict(model), user_freq, item_freq, Scorer(config, model))
+
+
+def prepare(config) -> RunContext:
+    """Load and split the data, build the model with masks and the budget; raises BadInput on bad input."""
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = build_model(config, train_data.dataset)
+    return context_from(config, model, train_data, valid_data, test_data, dataset)
+
+
+def default_output_dir(config) -> str:
+    return os.path.join(
+        "saved", f"{config['model']}-{config['dataset']}-{config['method']}-{config['sparsity']}-{get_local_time()}"
+    )
+
+
+def check_writable(path: str) -> None:
+    """Fail before hours of work, not after: the nearest existing ancestor must be writable."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"output_dir {path} cannot be written ({probe} is not a writable folder); choose another")
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: dict) -> dict:
+    b, config = ctx.budget, ctx.config
+    kept = b.kept_params(selection.sizes)
+    report = {
+        "model": config["model"], "dataset": config["dataset"], "method": config["method"],
+        "sparsity": b.sparsity, "seed": config["seed"], "d_max": b.d_max, "d_min": b.d_min,
+        "n_users": b.n_users, "n_items": b.n_items, "tables_per_entity": b.tables_per_entity,
+        "full_params": b.full_params, "budget_params": b.budget_params, "kept_params": kept,
+        "realized_sparsity": b.realized_sparsity(kept),
+        "valid": pick(valid), "test": pick(test),
+        "search": selection.search,
+        "timings_s": timings,
+        "artifact": "table.npz", "artifact_bytes": None,
+        "dense_bytes": 4 * b.d_max * b.tables_per_entity * (b.n_users + b.n_items),
+        "config": {},
+    }
+    keys = list(REPORT_CONFIG_KEYS) + sorted(k for k in config.final_config_dict if k.startswith("bet_"))
+    report["config"] = {k: _jsonable(config[k]) for k in keys if k in config.final_config_dict}
+    return report
+
+
+def run(config, ctx: RunContext | None = None) -> dict:
+    """Run the configured method and write report.json and table.npz; returns the report."""
+    total_start = perf_counter()
+    logger = getLogger()
+    output_dir = config["output_dir"] or default_output_dir(config)
+    config["output_dir"] = output_dir
+    check_writable(output_dir)
+    ctx = ctx or prepare(config)
+    b = ctx.budget
+    logger.info(
+        f"budget: {b.budget_params} of {b.full_params} parameters (sparsity {b.sparsity}) for "
+        f"{b.n_users} users and {b.n_items} items, sizes in [{b.d_min}, {b.d_max}], method {config['method']}"
+    )
+    selection = get_method(config["method"]).select(ctx)
+    if not b.fits(selection.sizes):  # a method bug must never produce a report over budget
+        raise RuntimeError(f"method {config['method']} returned sizes outside the budget")
+    load_plain_state_dict(ctx.model, selection.state)
+    ctx.masked.set_sizes(selection.sizes)
+    valid = ctx.evaluate(ctx.valid_data)
+    test = ctx.evaluate(ctx.test_data)
+    timings = {k: float(selection.timings.get(k, 0.0)) for k in ("pretrain", "search", "retrain")}
+    timings["total"] = perf_counter() - total_start
+    report = build_report(ctx, selection, valid, test, timings)
+    created = not os.path.exists(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    try:
+        meta = {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
+                "sparsity": b.sparsity, "seed": config["seed"], "tables_per_entity": b.tables_per_entity}
+        report["artifact_bytes"] = save_artifact(os.path.join(output_dir, "table.npz"), ctx.model, ctx.masked, meta)
+        _write_json_atomic(os.path.join(output_dir, "report.json"), report)
+    except BaseException:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    logger.info(
+        f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; "
+        f"kept {report['kept_params']} <= budget {report['budget_params']} parameters"
+    )
+    return report
+
+
+def quick_start(model: str, dataset: str, config_file_list=None, config_dict=None) -> dict:
+    """Programmatic entry point, as RecBole's ``run_recbole``: returns the report dict."""
+    config = make_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logging.getLogger().info(f"recbole-bet: {model} on {dataset}, method {config['method']}")
+    try:
+        return run(config)
+    except KeyError as exc:  # a key a model needs but the config lacks
+        raise BadInput(f"missing config key {exc}; add it to a --config_files YAML or as --KEY=VALUE") from None
+
+
+__all__ = ["quick_start", "run", "prepare", "RunContext", "REPORT_METRICS"]

@@ -1,0 +1,124 @@
+"""Training and evaluation through RecBole's own Trainer.
+
+``BestStateTrainer`` keeps the best validation weights in memory instead of RecBole's pickled
+checkpoint file (which torch >= 2.6 will not reload, and which we would have to unpickle).
+``Finetuner`` is BET's per-action finetuning: a fresh Adam with a step-decayed learning rate.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from time import perf_counter
+
+import torch
+from recbole.trainer import Trainer
+
+from recbole_bet.masking import load_plain_state_dict, plain_state_dict
+
+REPORT_METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
+FITNESS_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+class BestStateTrainer(Trainer):
+    """RecBole's Trainer with the best-so-far weights held in memory (stock layout)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.best_state = None
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        self.best_state = plain_state_dict(self.model)
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            load_plain_state_dict(self.model, self.best_state)
+
+
+def train_to_convergence(config, model, train_data, valid_data, verbose=False) -> dict:
+    """Train with early stopping on ``valid_metric``; leaves the best weights in ``model``.
+
+    Returns the validation result of the best epoch (RecBole's dict of metric -> value).
+    """
+    trainer = BestStateTrainer(config, model)
+    _, best_valid = trainer.fit(train_data, valid_data, verbose=verbose, saved=True,
+                                show_progress=config["show_progress"])
+    trainer.restore_best()
+    return dict(best_valid or {})
+
+
+def evaluate(config, model, eval_data) -> dict:
+    """Full-ranking metrics of ``model`` on ``eval_data`` with RecBole's evaluator."""
+    return Scorer(config, model).evaluate(eval_data)
+
+
+def _init_eval_only(trainer, config, model) -> None:
+    from recbole.evaluator import Collector, Evaluator
+    from recbole.utils import WandbLogger
+
+    trainer.config, trainer.model = config, model
+    trainer.logger = logging.getLogger()
+    trainer.device = config["device"]
+    trainer.gpu_available = torch.cuda.is_available() and config["use_gpu"]
+    trainer.eval_collector = Collector(config)
+    trainer.evaluator = Evaluator(config)
+    trainer.item_tensor = None
+    trainer.tot_item_num = None
+    trainer.test_batch_size = config["eval_batch_size"]
+    trainer.wandblogger = WandbLogger(config)
+
+
+class Finetuner(Trainer):
+    """BET's finetuning: per action a fresh Adam at ``bet_finetune_lr``, multiplied by
+    ``bet_finetune_lr_decay`` every ``bet_finetune_lr_decay_steps`` optimiser steps.
+
+    Built once per run (RecBole's Trainer opens a TensorBoard writer per instance); ``run`` resets the
+    optimiser and schedule for each probed action.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.reset_optimizer()
+
+    def _build_optimizer(self, **kwargs):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.config["bet_finetune_lr"], weight_decay=self.weight_decay or 0.0)
+
+    def reset_optimizer(self) -> None:
+        self.optimizer = self._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=self.config["bet_finetune_lr_decay_steps"],
+            gamma=self.config["bet_finetune_lr_decay"],
+        )
+        self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
+
+    def run(self, train_data, epochs: int) -> float:
+        """Finetune the (masked) model for ``epochs`` epochs; returns the seconds it took."""
+        start = perf_counter()
+        self.reset_optimizer()
+        for epoch in range(epochs):
+            self._train_epoch(train_data, epoch, show_progress=False)
+        return perf_counter() - start
+
+
+class Scorer:
+    """RecBole's full-ranking evaluation of one model, set up once and reused."""
+
+    def __init__(self, config, model):
+        self.trainer = Trainer.__new__(Trainer)  # evaluation needs none of Trainer's optimiser set-up
+        _init_eval_only(self.trainer, config, model)
+
+    def evaluate(self, eval_data) -> dict:
+        return dict(self.trainer.evaluate(eval_data, load_best_model=False, show_progress=False))
+
+
+def pick(result: dict, keys=REPORT_METRICS) -> dict:
+    return {k: float(result[k]) for k in keys}
+
+
+def train_loader_with_batch_size(config, train_data, batch_size: int):
+    """A second training loader over the same split and negative sampler, with another batch size."""
+    from recbole.data.dataloader import TrainDataLoader
+
+    local = copy.copy(config)
+    local.final_config_dict = dict(config.final_config_dict, train_batch_size=batch_size)
+    return TrainDataLoader(local, train_data._dataset, train_data._sampler, shuffle=True)
