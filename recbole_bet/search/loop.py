@@ -1,0 +1,134 @@
+"""BET's search loop (paper Algorithm 1), independent of RecBole.
+
+Each iteration samples m candidate actions, picks one by the strategy of the iteration, probes it (the
+caller finetunes and scores the model: ``probe(sizes) -> fitness``), adds it to the population and
+updates the fitness predictor N times.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Callable
+
+import numpy as np
+import torch
+
+from recbole_bet.search.predictor import PredictorTrainer
+from recbole_bet.search.sampler import ActionSampler
+
+PREDICTED, RANDOM, NEAREST = "predicted", "random", "nearest"
+
+
+def strategy_for(t: int, selection: str = "schedule") -> str:
+    """Paper section 3.5.1: t mod 5 in {0, 1, 2} predicted best, 3 random, 4 nearest to the best so far."""
+    if selection == "random":
+        return RANDOM
+    return {0: PREDICTED, 1: PREDICTED, 2: PREDICTED, 3: RANDOM, 4: NEAREST}[t % 5]
+
+
+@dataclass
+class Member:
+    """One probed action of the population."""
+
+    t: int
+    strategy: str
+    sizes: np.ndarray
+    encoded: torch.Tensor  # the predictor's parameter-free encoding, (1, ...)
+    fitness: float
+    predicted_fitness: float
+    kept_params: int
+    seconds: float
+
+
+@dataclass
+class SearchState:
+    population: list = field(default_factory=list)
+    max_candidate_kept_params: int = 0
+
+    def best(self) -> Member:
+        return max(self.population, key=lambda m: m.fitness)
+
+    def top(self, k: int) -> list:
+        """The k fittest distinct actions, fittest first (ties: earlier first)."""
+        ranked = sorted(self.population, key=lambda m: (-m.fitness, m.t))
+        chosen, seen = [], set()
+        for member in ranked:
+            key = member.sizes.tobytes()
+            if key not in seen:
+                seen.add(key)
+                chosen.append(member)
+            if len(chosen) == k:
+                break
+        return chosen
+
+
+class SearchLoop:
+    def __init__(self, sampler: ActionSampler, predictor: torch.nn.Module, trainer: PredictorTrainer,
+                 probe: Callable[[np.ndarray], float], candidates: int, rng: np.random.Generator,
+                 selection: str = "schedule", logger=None):
+        self.sampler, self.predictor, self.trainer, self.probe = sampler, predictor, trainer, probe
+        self.candidates, self.rng, self.selection = candidates, rng, selection
+        self.state = SearchState()
+        self.logger = logger or logging.getLogger()
+
+    def choose(self, strategy: str, encoded: torch.Tensor) -> tuple[int, np.ndarray]:
+        """Index of the chosen candidate, and the predicted fitness of every candidate."""
+        with torch.no_grad():
+            predicted = self.predictor(encoded).cpu().numpy()
+            if strategy == PREDICTED:
+                return int(np.argmax(predicted)), predicted
+            if strategy == NEAREST and self.state.population:
+                # both embedded by the CURRENT predictor
+                best = self.predictor.embed(self.state.best().encoded)
+                distances = torch.cdist(self.predictor.embed(encoded), best)[:, 0]
+                return int(torch.argmin(distances)), predicted
+        return int(self.rng.integers(len(predicted))), predicted
+
+    def step(self, t: int) -> Member:
+        start = perf_counter()
+        strategy = strategy_for(t, self.selection)
+        candidates = self.sampler.sample(self.candidates, self.rng)
+        kept = self.sampler.budget.kept_params_many(candidates)
+        self.state.max_candidate_kept_params = max(self.state.max_candidate_kept_params, int(kept.max()))
+        encoded = self.predictor.encode(candidates)
+        index, predicted = self.choose(strategy, encoded)
+        sizes = candidates[index].astype(np.int64)
+        fitness = float(self.probe(sizes))
+        member = Member(t, strategy, sizes, encoded[index:index + 1].clone(), fitness, float(predicted[index]),
+                        int(kept[index]), 0.0)
+        self.state.population.append(member)
+        population = torch.cat([m.encoded for m in self.state.population])
+        targets = torch.tensor([m.fitness for m in self.state.population], dtype=torch.float32)
+        self.trainer.update(population, targets)
+        member.seconds = perf_counter() - start
+        return member
+
+    def run(self, iterations: int, start: int = 0, on_iteration=None) -> SearchState:
+        progress = _progress(iterations, start)
+        for t in range(start, iterations):
+            member = self.step(t)
+            best = self.state.best()
+            self.logger.info(
+                f"BET iteration {t + 1}/{iterations}: {member.strategy} action, fitness {member.fitness:.4f} "
+                f"(predicted {member.predicted_fitness:.4f}), best {best.fitness:.4f}, {member.seconds:.1f}s"
+            )
+            if progress is not None:
+                progress.set_postfix_str(f"best fitness {best.fitness:.4f}")
+                progress.update(1)
+            if on_iteration is not None:
+                on_iteration(t, self)
+        if progress is not None:
+            progress.close()
+        return self.state
+
+
+def _progress(total: int, start: int):
+    """A progress bar over iterations on an interactive terminal (log lines say the same elsewhere)."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="BET search", ncols=100)

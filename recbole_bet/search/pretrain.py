@@ -1,0 +1,68 @@
+"""Pretraining the full-width model once, cached across runs.
+
+The cache key is a hash of every config entry that shapes pretraining (model, dataset, seed, split,
+training keys, ...; not the method, sparsity or search keys), so BET runs at other sparsities or with
+other search settings on the same model, data and seed reuse it. The file holds tensors only and is
+read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from logging import getLogger
+from time import perf_counter
+
+import torch
+
+from recbole_bet.config import pretrain_key_items
+from recbole_bet.masking import load_plain_state_dict, plain_state_dict
+from recbole_bet.training import train_to_convergence
+
+
+def cache_path(config) -> str:
+    items = json.dumps(pretrain_key_items(config), sort_keys=True, default=str)
+    digest = hashlib.sha1(items.encode()).hexdigest()[:16]
+    name = f"{config['model']}-{config['dataset']}-seed{config['seed']}-{digest}.pt"
+    return os.path.join(config["pretrain_cache_dir"], name)
+
+
+def _load(path: str):
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["state"], saved["valid"]
+    except Exception as exc:  # a truncated or foreign file is a cache miss, never a crash
+        getLogger().warning(f"ignoring unreadable pretrain cache {path}: {exc}")
+        return None
+
+
+def _save(path: str, state: dict, valid: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    torch.save({"state": {k: v.cpu() for k, v in state.items()}, "valid": valid}, tmp)
+    os.replace(tmp, path)
+
+
+def pretrained(ctx) -> tuple[dict, dict, float]:
+    """(stock-layout weights, validation metrics, seconds spent) of the full-width model."""
+    start = perf_counter()
+    path = cache_path(ctx.config)
+    logger = getLogger()
+    cached = _load(path) if os.path.isfile(path) else None
+    if cached is not None:
+        state, valid = cached
+        logger.info(f"pretrained model loaded from cache {path}")
+        return state, valid, perf_counter() - start
+    logger.info("pretraining the full-width model to convergence")
+    load_plain_state_dict(ctx.model, ctx.init_state)
+    ctx.masked.set_full()
+    valid = {k: float(v) for k, v in train_to_convergence(ctx.config, ctx.model, ctx.train_data,
+                                                           ctx.valid_data).items()}
+    state = plain_state_dict(ctx.model)
+    try:
+        _save(path, state, valid)
+    except OSError as exc:  # the cache is an optimisation: a read-only disk must not stop the run
+        logger.warning(f"could not cache the pretrained model at {path}: {exc}")
+    return state, valid, perf_counter() - start

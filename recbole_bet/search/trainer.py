@@ -1,0 +1,56 @@
+"""``BETTrainer``: BET inside an existing RecBole script, with RecBole's trainer interface.
+
+    config = make_config("LightGCN", "ml-100k", config_dict={"sparsity": 0.9})
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train_data.dataset).to(config["device"])
+    trainer = BETTrainer(config, model)
+    trainer.fit(train_data, valid_data)
+    print(trainer.evaluate(test_data))
+    trainer.export("table.npz")
+"""
+from __future__ import annotations
+
+from recbole_bet.export import save_artifact
+from recbole_bet.masking import load_plain_state_dict
+from recbole_bet.methods import get_method
+from recbole_bet.search.bet import quality
+
+
+class BETTrainer:
+    """Searches table-level embedding sizes under the configured budget (``method`` in the config, BET by
+    default), then leaves ``model`` with the chosen sizes masked in and its retrained weights."""
+
+    def __init__(self, config, model):
+        self.config, self.model = config, model
+        self.context = self.selection = None
+
+    def fit(self, train_data, valid_data, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Returns (best valid score, best valid result) like RecBole's Trainer.fit; the score is Eq. 13."""
+        from recbole_bet.pipeline import context_from
+
+        self.context = context_from(self.config, self.model, train_data, valid_data)
+        self.selection = get_method(self.config["method"]).select(self.context)
+        load_plain_state_dict(self.model, self.selection.state)
+        self.context.masked.set_sizes(self.selection.sizes)
+        return quality(self.selection.valid), self.selection.valid
+
+    @property
+    def sizes(self):
+        """Chosen sizes: users then items, RecBole ids 1..n (the padding row 0 is not listed)."""
+        return None if self.selection is None else self.selection.sizes
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False) -> dict:
+        """Full-ranking metrics of the compressed model (its weights are already the best ones)."""
+        if self.context is None:
+            raise RuntimeError("call fit() before evaluate()")
+        return self.context.evaluate(eval_data)
+
+    def export(self, path: str) -> int:
+        """Write the compact artifact (see recbole_bet.export); returns its size in bytes."""
+        if self.context is None:
+            raise RuntimeError("call fit() before export()")
+        b = self.context.budget
+        meta = {"model": self.config["model"], "dataset": self.config["dataset"], "method": self.config["method"],
+                "sparsity": b.sparsity, "seed": self.config["seed"], "tables_per_entity": b.tables_per_entity}
+        return save_artifact(path, self.model, self.context.masked, meta)
