@@ -68,7 +68,8 @@ class Budget:
 
     def highest_feasible_sparsity(self) -> float:
         """The largest sparsity (4 decimals, rounded down) at which every row still gets d_min."""
-        s = math.floor((1 - self.d_min / self.d_max) * 1e4) / 1e4
+        # start one step above the float estimate (which can land just below the exact edge) and walk down
+        s = min(0.9999, (math.floor((1 - self.d_min / self.d_max) * 1e4) + 1) / 1e4)
         while s > 0 and budget_params(s, self.d_max, self.n_users, self.n_items, self.tables_per_entity) < (
             self.d_min * self.n_entities * self.tables_per_entity
         ):
@@ -134,8 +135,10 @@ def allocate_sorted(weights_desc: np.ndarray, totals: np.ndarray, d_min: int, d_
     each to the first r entities that are below d_max, in rank order. Every size stays within
     [d_min, d_max], rows stay sorted, and the row sums exactly to its total: no budget is wasted.
     """
-    w = np.maximum(np.asarray(weights_desc, dtype=np.float64), 1e-300)
+    w = np.asarray(weights_desc, dtype=np.float64)
     m, n = w.shape
+    # scale each row to max 1 (rows are sorted: column 0) so lam stays in a safe float range
+    w = np.maximum(w / np.maximum(w[:, :1], 1e-300), 1e-280)
     totals = np.asarray(totals, dtype=np.int64)
     if np.any(totals < n * d_min) or np.any(totals > n * d_max):
         raise ValueError("allocate_sorted: a total lies outside [n*d_min, n*d_max]")
@@ -154,17 +157,19 @@ def allocate_sorted(weights_desc: np.ndarray, totals: np.ndarray, d_min: int, d_
         middle = top_sum(k_lo) - top_sum(k_hi)
         return d_max * k_hi + d_min * (n - k_lo), middle
 
-    # bracket lam: at lam_lo every entity sits at d_min, at lam_hi every entity sits at d_max
-    lam_lo = d_min / w[:, 0] * 0.5
-    lam_hi = d_max / w[:, -1] * 2.0
+    # bracket lam (in log space): at lam_lo every entity sits at d_min, at lam_hi every one at d_max
+    log_lo = np.log(d_min * 0.5 / w[:, 0])
+    log_hi = np.log(d_max * 2.0 / w[:, -1])
     for _ in range(200):
-        mid = np.sqrt(lam_lo * lam_hi)
+        log_mid = 0.5 * (log_lo + log_hi)
+        mid = np.exp(log_mid)
         fixed, middle = clamp_pattern(mid)
         too_big = fixed + mid * middle > totals
-        lam_hi = np.where(too_big, mid, lam_hi)
-        lam_lo = np.where(too_big, lam_lo, mid)
-        if np.all(lam_hi <= lam_lo * (1 + 1e-12)):
+        log_hi = np.where(too_big, log_mid, log_hi)
+        log_lo = np.where(too_big, log_lo, log_mid)
+        if np.all(log_hi - log_lo < 1e-12):
             break
+    lam_lo = np.exp(log_lo)
     fixed, middle = clamp_pattern(lam_lo)  # exact solve on the final clamp pattern
     lam = np.where(middle > 0, (totals - fixed) / np.where(middle > 0, middle, 1.0), lam_lo)
     np.multiply(w, lam[:, None], out=w)
@@ -180,20 +185,21 @@ def allocate_sorted(weights_desc: np.ndarray, totals: np.ndarray, d_min: int, d_
 
 
 def _repair_totals(sizes: np.ndarray, totals: np.ndarray, d_min: int, d_max: int) -> None:
-    """Safety net for float corner cases: make each row sum exactly to its total, keeping rows sorted."""
-    diff = totals - sizes.sum(axis=1)
-    for r in np.nonzero(diff)[0]:
-        need = int(diff[r])
-        row = sizes[r]
-        if need > 0:
-            room = np.nonzero(row < d_max)[0]
-            for j in room[:need]:
-                row[j] += 1
-        else:
-            room = np.nonzero(row > d_min)[0][::-1]
-            for j in room[: -need]:
-                row[j] -= 1
-        row[:] = np.sort(row)[::-1]
+    """Safety net for float corner cases: make each row sum exactly to its total, keeping rows sorted.
+
+    Feasible totals (n*d_min <= total <= n*d_max) can always be met; anything else is a bug, so raise.
+    """
+    for r in np.nonzero(sizes.sum(axis=1, dtype=np.int64) != totals)[0]:
+        row = sizes[r].astype(np.int64)
+        need = int(totals[r] - row.sum())
+        while need != 0:
+            room = np.nonzero(row < d_max)[0] if need > 0 else np.nonzero(row > d_min)[0][::-1]
+            if room.size == 0:
+                raise RuntimeError("allocate_sorted: total outside the feasible range")
+            take = room[: abs(need)]
+            row[take] += 1 if need > 0 else -1
+            need -= int(np.sign(need)) * take.size
+        sizes[r] = np.sort(row)[::-1]
 
 
 def assign_by_rank(sorted_sizes: np.ndarray, rank_order: np.ndarray) -> np.ndarray:

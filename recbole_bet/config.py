@@ -43,11 +43,33 @@ def config_files_for(model: str, dataset: str, extra=None) -> list[str]:
     return found
 
 
+_MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                   "knowledge_aware_recommender")
+
+
+def check_model_name(model: str) -> None:
+    """RecBole's own lookup tracebacks on an unknown name (it imports exlib_recommender, which needs
+    lightgbm/xgboost) and on a wrongly cased one (``lightgcn``): refuse those with a clear message."""
+    import importlib
+    import importlib.util
+
+    for package in _MODEL_PACKAGES:
+        path = f"recbole.model.{package}.{str(model).lower()}"
+        try:
+            found = importlib.util.find_spec(path) is not None and hasattr(importlib.import_module(path), model)
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return
+    raise BadInput(f"unknown model {model!r}; use a RecBole general recommender such as LightGCN, NGCF, NeuMF or BPR")
+
+
 def make_config(model: str, dataset: str, config_file_list=None, config_dict=None) -> Config:
     """Build and validate the effective configuration; raises BadInput on anything a user must fix."""
     compat.apply()
     if not model or not dataset:
         raise BadInput("both --model and --dataset are required, e.g. --model=LightGCN --dataset=ml-100k")
+    check_model_name(model)
     files = config_files_for(model, dataset, config_file_list)
     try:
         config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict or {})
@@ -89,9 +111,19 @@ def validate(config) -> None:
             f"bet_retrain_top_k ({config['bet_retrain_top_k']}) cannot exceed bet_iterations "
             f"({config['bet_iterations']}): only that many actions are evaluated"
         )
+    if config["bet_predictor"] not in ("deepsets", "size_vector"):
+        raise BadInput(f"bet_predictor must be 'deepsets' or 'size_vector', got {config['bet_predictor']!r}")
+    beta_max = config["bet_beta_max"]
+    if not isinstance(beta_max, dict) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in beta_max.values()):
+        raise BadInput(f"bet_beta_max must map distribution names to positive numbers, got {beta_max!r}")
+    if set(beta_max) - {"powerlaw", "truncnorm", "truncexpon", "lognorm"}:
+        raise BadInput(f"bet_beta_max keys must be among powerlaw, truncnorm, truncexpon, lognorm; got {sorted(beta_max)}")
     if config["bet_selection"] not in ("schedule", "random"):
         raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
-    for key in ("bet_finetune_lr", "bet_predictor_lr"):
+    for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):
+        _positive_int(config, key)  # RecBole's Trainer would fail on these with a traceback
+    for key in ("learning_rate", "bet_finetune_lr", "bet_predictor_lr"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise BadInput(f"{key} must be a positive number, got {value!r}")

@@ -55,9 +55,16 @@ class RunContext:
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
 
+    def reseed(self) -> None:
+        """Reset every RNG a training run draws from, so its result does not depend on what ran before
+        (e.g. whether pretraining ran or came from the cache)."""
+        init_seed(self.config["seed"], self.config["reproducibility"])
+        self.train_data.generator.manual_seed(self.config["seed"])
+
     def train_from_scratch(self, sizes):
         """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
         start = perf_counter()
+        self.reseed()
         load_plain_state_dict(self.model, self.init_state)
         self.masked.set_sizes(sizes)
         valid = train_to_convergence(self.config, self.model, self.train_data, self.valid_data)

@@ -25,7 +25,7 @@ class BET(Method):
     name = "bet"
 
     def select(self, ctx) -> Selection:
-        config, logger = ctx.config, getLogger()
+        config = ctx.config
         pre_state, _, pretrain_s = pretrained(ctx)
         load_plain_state_dict(ctx.model, pre_state)
         ctx.masked.set_full()
@@ -35,6 +35,7 @@ class BET(Method):
             raise RuntimeError("the pretrained model scores 0 on validation; fitness ratios are undefined")
 
         search_start = perf_counter()
+        ctx.reseed()
         finetuner = Finetuner(config, ctx.model)
         finetune_data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
         epochs = config["bet_finetune_epochs"]
@@ -51,18 +52,9 @@ class BET(Method):
         search_s = perf_counter() - search_start
 
         retrain_start = perf_counter()
-        retrained, best = [], None
-        top = state.top(config["bet_retrain_top_k"])
-        for rank, member in enumerate(top):
-            logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f}) from scratch")
-            weights, valid, _ = ctx.train_from_scratch(member.sizes)
-            entry = {"fitness": member.fitness, "t": member.t, "valid": pick(valid), "valid_quality": quality(valid),
-                     "kept_params": member.kept_params}
-            retrained.append(entry)
-            if best is None or entry["valid_quality"] > retrained[best[0]]["valid_quality"]:
-                best = (rank, member.sizes, weights, valid)
+        retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
+            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch)
         retrain_s = perf_counter() - retrain_start
-        chosen, sizes, weights, valid = best
         search = {
             "iterations": [
                 {"t": m.t, "strategy": m.strategy, "kept_params": m.kept_params, "fitness": m.fitness,
@@ -76,6 +68,24 @@ class BET(Method):
         }
         return Selection(sizes, weights, valid, search,
                          {"pretrain": pretrain_s, "search": search_s, "retrain": retrain_s})
+
+
+def retrain_and_choose(top: list, train_from_scratch):
+    """Paper 3.5.2: train each top action from scratch; choose by validation quality (Eq. 13-14).
+
+    ``train_from_scratch(sizes) -> (weights, valid metrics, seconds)``. Returns the report entries,
+    the chosen index and (sizes, weights, valid) of the chosen action.
+    """
+    logger = getLogger()
+    entries, best = [], None
+    for rank, member in enumerate(top):
+        logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f}) from scratch")
+        weights, valid, _ = train_from_scratch(member.sizes)
+        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid),
+                        "valid_quality": quality(valid), "kept_params": member.kept_params})
+        if best is None or entries[-1]["valid_quality"] > entries[best[0]]["valid_quality"]:
+            best = (rank, (member.sizes, weights, valid))
+    return entries, best[0], best[1]
 
 
 def build_search(ctx, probe) -> SearchLoop:

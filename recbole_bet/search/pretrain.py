@@ -56,6 +56,7 @@ def pretrained(ctx) -> tuple[dict, dict, float]:
         logger.info(f"pretrained model loaded from cache {path}")
         return state, valid, perf_counter() - start
     logger.info("pretraining the full-width model to convergence")
+    ctx.reseed()
     load_plain_state_dict(ctx.model, ctx.init_state)
     ctx.masked.set_full()
     valid = {k: float(v) for k, v in train_to_convergence(ctx.config, ctx.model, ctx.train_data,

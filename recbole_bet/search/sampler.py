@@ -96,5 +96,7 @@ class ActionSampler:
         sizes = np.concatenate(
             [assign_by_rank(user_sorted, self.user_rank), assign_by_rank(item_sorted, self.item_rank)], axis=1
         )
+        if not (b.kept_params_many(sizes) <= b.budget_params).all():  # the hard guarantee, checked
+            raise RuntimeError("sampler produced a candidate over budget")
         info = [{"user_share": float(w[i]), "user": user_info[i], "item": item_info[i]} for i in range(m)]
         return sizes, info

@@ -1,0 +1,78 @@
+"""The BET action sampler: always within budget and bounds, frequency-ordered, budget fully used."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from recbole_bet.budget import make_budget
+from recbole_bet.errors import BadInput
+from recbole_bet.search.sampler import DISTRIBUTIONS, ActionSampler
+
+
+def _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables=1):
+    rng = np.random.default_rng(seed)
+    budget = make_budget(sparsity, d_max, d_min, n_users, n_items, tables)
+    user_freq = rng.zipf(1.7, n_users).clip(max=10_000)
+    item_freq = rng.zipf(1.7, n_items).clip(max=10_000)
+    user_freq[rng.random(n_users) < 0.1] = 0  # entities unseen in training exist
+    return budget, ActionSampler(budget, user_freq, item_freq), user_freq, item_freq, rng
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_users=st.integers(1, 400), n_items=st.integers(1, 400), sparsity=st.floats(0.01, 0.99),
+    d_max=st.integers(1, 160), d_min_frac=st.floats(0, 1), tables=st.integers(1, 2), seed=st.integers(0, 2**31),
+)
+def test_candidates_fit_budget_bounds_and_frequency_order(n_users, n_items, sparsity, d_max, d_min_frac, tables, seed):
+    d_min = 1 + int(d_min_frac * (d_max - 1))
+    try:
+        budget, sampler, user_freq, item_freq, rng = _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables)
+    except BadInput:
+        return  # infeasible budgets are refused (tested in test_budget)
+    sizes = sampler.sample(12, rng)
+    assert sizes.shape == (12, n_users + n_items)
+    kept = budget.kept_params_many(sizes)
+    assert (kept <= budget.budget_params).all()
+    assert sizes.min() >= d_min and sizes.max() <= d_max
+    # a more frequent entity never gets a smaller size (within users, within items)
+    for part, freq in ((sizes[:, :n_users], user_freq), (sizes[:, n_users:], item_freq)):
+        order = np.argsort(-freq, kind="stable")
+        by_rank = part[:, order]
+        assert (np.diff(by_rank, axis=1) <= 0).all()
+    # the budget is used, not wasted, unless every entity is already at d_max
+    cap = d_max * (n_users + n_items) * tables
+    if budget.budget_params < cap:
+        assert (kept >= 0.99 * budget.budget_params).all()
+    else:
+        assert (sizes == d_max).all()
+
+
+def test_gowalla_scale_is_exact_and_vectorised():
+    budget, sampler, *_ , rng = _sampler(29_858, 40_981, 0.95, 1, 128, 0)
+    sizes, info = sampler.sample_with_info(100, rng)
+    assert (budget.kept_params_many(sizes) == budget.budget_params).all()  # exact, nothing lost to rounding
+    assert {i["user"]["distribution"] for i in info} | {i["item"]["distribution"] for i in info} <= set(DISTRIBUTIONS)
+    assert len({i["user"]["distribution"] for i in info}) == len(DISTRIBUTIONS)  # all four are drawn
+
+
+def test_same_seed_same_candidates_and_ties_by_id():
+    budget = make_budget(0.9, 64, 1, 50, 70, 1)
+    freq_u, freq_i = np.ones(50), np.ones(70)  # all tied: larger sizes go to smaller ids
+    a = ActionSampler(budget, freq_u, freq_i).sample(5, np.random.default_rng(3))
+    b = ActionSampler(budget, freq_u, freq_i).sample(5, np.random.default_rng(3))
+    assert (a == b).all()
+    assert (np.diff(a[:, :50], axis=1) <= 0).all() and (np.diff(a[:, 50:], axis=1) <= 0).all()
+
+
+def test_beta_max_is_configurable_and_small_parameters_are_finite():
+    budget = make_budget(0.8, 32, 1, 100, 100, 1)
+    tiny = {"powerlaw": 1e-9, "truncnorm": 1e-9, "truncexpon": 1e-9, "lognorm": 1e-9}
+    sampler = ActionSampler(budget, np.arange(100), np.arange(100), beta_max=tiny)
+    sizes = sampler.sample(20, np.random.default_rng(0))
+    assert (budget.kept_params_many(sizes) == budget.budget_params).all()
+    assert sizes.min() >= 1 and sizes.max() <= 32
+
+
+def test_frequency_vectors_must_match():
+    budget = make_budget(0.8, 32, 1, 10, 10, 1)
+    with pytest.raises(ValueError):
+        ActionSampler(budget, np.ones(9), np.ones(10))
