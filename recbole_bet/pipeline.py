@@ -21,6 +21,7 @@ from recbole_bet.errors import BadInput
 from recbole_bet.export import save_artifact
 from recbole_bet.masking import MaskedTables, find_tables, load_plain_state_dict, plain_state_dict, tables_per_entity
 from recbole_bet.methods import get_method
+from recbole_bet.search import checkpoint
 from recbole_bet.models import attach_full_sort, build_model
 from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
 
@@ -47,6 +48,8 @@ class RunContext:
     user_freq: np.ndarray  # training interactions per user (no padding row)
     item_freq: np.ndarray
     scorer: Scorer
+    checkpoint_path: str = ""  # where a method that searches checkpoints its progress
+    resume: bool = False  # continue from checkpoint_path
 
     @property
     def logger(self):
@@ -55,11 +58,12 @@ class RunContext:
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
 
-    def reseed(self) -> None:
+    def reseed(self, seed: int | None = None) -> None:
         """Reset every RNG a training run draws from, so its result does not depend on what ran before
-        (e.g. whether pretraining ran or came from the cache)."""
-        init_seed(self.config["seed"], self.config["reproducibility"])
-        self.train_data.generator.manual_seed(self.config["seed"])
+        (whether pretraining ran or came from the cache, or where an interrupted run was resumed)."""
+        seed = self.config["seed"] if seed is None else seed
+        init_seed(seed, self.config["reproducibility"])
+        self.train_data.generator.manual_seed(seed)
 
     def train_from_scratch(self, sizes):
         """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
@@ -152,19 +156,41 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
 
 
 def run(config, ctx: RunContext | None = None) -> dict:
-    """Run the configured method and write report.json and table.npz; returns the report."""
+    """Run the configured method and write report.json and table.npz; returns the report.
+
+    The output directory exists while a run is under way (search checkpoints live there). Bad input
+    found before or during the run removes a directory this run created; an interrupted run leaves it
+    for ``--resume``.
+    """
     total_start = perf_counter()
     logger = getLogger()
+    resume = config["resume"]
+    if resume:
+        if not os.path.isdir(resume):
+            raise BadInput(f"--resume={resume}: no such output directory of an interrupted run")
+        if os.path.isfile(os.path.join(resume, "report.json")) and not os.path.isfile(
+                os.path.join(resume, checkpoint.FILENAME)):
+            raise BadInput(f"the run in {resume} already finished: see {os.path.join(resume, 'report.json')}")
+        config["output_dir"] = resume
     output_dir = config["output_dir"] or default_output_dir(config)
     config["output_dir"] = output_dir
     check_writable(output_dir)
     ctx = ctx or prepare(config)
+    ctx.checkpoint_path = os.path.join(output_dir, checkpoint.FILENAME)
+    ctx.resume = bool(resume) and config["method"] == "bet"
     b = ctx.budget
     logger.info(
         f"budget: {b.budget_params} of {b.full_params} parameters (sparsity {b.sparsity}) for "
         f"{b.n_users} users and {b.n_items} items, sizes in [{b.d_min}, {b.d_max}], method {config['method']}"
     )
-    selection = get_method(config["method"]).select(ctx)
+    created = not os.path.exists(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    try:
+        selection = get_method(config["method"]).select(ctx)
+    except BadInput:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     if not b.fits(selection.sizes):  # a method bug must never produce a report over budget
         raise RuntimeError(f"method {config['method']} returned sizes outside the budget")
     load_plain_state_dict(ctx.model, selection.state)
@@ -174,17 +200,12 @@ def run(config, ctx: RunContext | None = None) -> dict:
     timings = {k: float(selection.timings.get(k, 0.0)) for k in ("pretrain", "search", "retrain")}
     timings["total"] = perf_counter() - total_start
     report = build_report(ctx, selection, valid, test, timings)
-    created = not os.path.exists(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    try:
-        meta = {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
-                "sparsity": b.sparsity, "seed": config["seed"], "tables_per_entity": b.tables_per_entity}
-        report["artifact_bytes"] = save_artifact(os.path.join(output_dir, "table.npz"), ctx.model, ctx.masked, meta)
-        _write_json_atomic(os.path.join(output_dir, "report.json"), report)
-    except BaseException:
-        if created:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
+    meta = {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
+            "sparsity": b.sparsity, "seed": config["seed"], "tables_per_entity": b.tables_per_entity}
+    report["artifact_bytes"] = save_artifact(os.path.join(output_dir, "table.npz"), ctx.model, ctx.masked, meta)
+    _write_json_atomic(os.path.join(output_dir, "report.json"), report)
+    if os.path.exists(ctx.checkpoint_path):  # finished: the report and artifact supersede it
+        os.remove(ctx.checkpoint_path)
     logger.info(
         f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; "
         f"kept {report['kept_params']} <= budget {report['budget_params']} parameters"

@@ -18,11 +18,11 @@ def _loop(probe, selection="schedule", seed=0, predictor="deepsets"):
     torch.manual_seed(seed)
     model = build_predictor(predictor, user_freq, item_freq, 32)
     trainer = PredictorTrainer(model, lr=1e-2, generator=torch.Generator().manual_seed(seed))
-    return SearchLoop(ActionSampler(budget, user_freq, item_freq), model, trainer, probe, 10,
-                      np.random.default_rng(seed), selection=selection)
+    return SearchLoop(ActionSampler(budget, user_freq, item_freq), model, trainer, probe, 10, seed,
+                      selection=selection)
 
 
-def _fitness(sizes):
+def _fitness(sizes, t=0):
     """Synthetic: users' share of the budget is what counts."""
     return float(sizes[:N_USERS].sum() / max(1, sizes.sum()))
 
@@ -35,7 +35,7 @@ def test_strategy_schedule_follows_t_mod_5():
 def test_population_bookkeeping_and_history():
     probed = []
 
-    def probe(sizes):
+    def probe(sizes, t):
         probed.append(sizes.copy())
         return _fitness(sizes)
 
@@ -112,3 +112,21 @@ def test_selective_retraining_chooses_by_validation_not_search_fitness():
     assert chosen == 1 and sizes[0] == 2 and weights == {"w": 2}
     assert [e["fitness"] for e in entries] == [0.9, 0.8, 0.7]
     assert entries[chosen]["valid_quality"] == quality(valid) == 0.30
+
+
+def test_resumed_search_repeats_the_uninterrupted_one():
+    """Restore the population and predictor state after 4 iterations: the rest is identical."""
+    full = _loop(_fitness, seed=2)
+    full.run(8)
+    first = _loop(_fitness, seed=2)
+    first.run(4)
+    saved_trainer = first.trainer.state_dict()
+    saved = [Member(m.t, m.strategy, m.sizes.copy(), None, m.fitness, m.predicted_fitness, m.kept_params, m.seconds)
+             for m in first.state.population]
+    resumed = _loop(_fitness, seed=2)
+    resumed.trainer.load_state_dict(saved_trainer)
+    resumed.restore(saved, first.state.max_candidate_kept_params)
+    resumed.run(8)
+    for a, b in zip(full.state.population, resumed.state.population):
+        assert (a.sizes == b.sizes).all() and a.fitness == b.fitness and a.strategy == b.strategy
+        assert abs(a.predicted_fitness - b.predicted_fitness) < 1e-6

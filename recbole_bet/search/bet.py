@@ -1,15 +1,18 @@
 """BET as a method: pretrain (cached), search (Algorithm 1), selective retraining (section 3.5.2)."""
 from __future__ import annotations
 
+import json
 from logging import getLogger
 from time import perf_counter
 
 import numpy as np
 import torch
 
+from recbole_bet.config import pretrain_key_items
 from recbole_bet.masking import load_plain_state_dict
 from recbole_bet.methods import Method, Selection
-from recbole_bet.search.loop import SearchLoop
+from recbole_bet.search import checkpoint
+from recbole_bet.search.loop import Member, SearchLoop, iteration_seed
 from recbole_bet.search.predictor import PredictorTrainer, build_predictor
 from recbole_bet.search.pretrain import pretrained
 from recbole_bet.search.sampler import ActionSampler
@@ -21,12 +24,27 @@ def quality(result: dict) -> float:
     return float(np.mean([result[k] for k in FITNESS_METRICS]))
 
 
+def run_identity(config) -> dict:
+    """What must match for a checkpoint to be resumed: everything that shapes the result."""
+    items = dict(pretrain_key_items(config))
+    items.update({k: config[k] for k in ("method", "sparsity", "d_min") if k in config.final_config_dict})
+    items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
+    return json.loads(json.dumps(items, sort_keys=True, default=str))
+
+
 class BET(Method):
     name = "bet"
 
     def select(self, ctx) -> Selection:
         config = ctx.config
+        path = ctx.checkpoint_path
+        meta, saved = {}, {}
+        if ctx.resume:
+            meta, saved = checkpoint.load(path)
+            checkpoint.check_same_run(meta, run_identity(config), path)
+        timings = dict(meta.get("timings", {}))
         pre_state, _, pretrain_s = pretrained(ctx)
+        timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
         load_plain_state_dict(ctx.model, pre_state)
         ctx.masked.set_full()
         full_valid = ctx.evaluate(ctx.valid_data)
@@ -35,26 +53,49 @@ class BET(Method):
             raise RuntimeError("the pretrained model scores 0 on validation; fitness ratios are undefined")
 
         search_start = perf_counter()
-        ctx.reseed()
         finetuner = Finetuner(config, ctx.model)
         finetune_data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
         epochs = config["bet_finetune_epochs"]
 
-        def probe(sizes: np.ndarray) -> float:
+        def probe(sizes: np.ndarray, t: int) -> float:
             """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness."""
+            ctx.reseed(iteration_seed(config["seed"], t))
+            finetune_data.generator.manual_seed(iteration_seed(config["seed"], t))
             load_plain_state_dict(ctx.model, pre_state)
             ctx.masked.set_sizes(sizes)
             finetuner.run(finetune_data, epochs)
             return quality(ctx.evaluate(ctx.valid_data)) / full_quality
 
         loop = build_search(ctx, probe)
-        state = loop.run(config["bet_iterations"])
-        search_s = perf_counter() - search_start
+        if meta:
+            loop.trainer.load_state_dict(saved["predictor"])
+            loop.restore(_members_from(meta, saved), meta["max_candidate_kept_params"])
+        identity = run_identity(config)
+
+        def save_search(t, loop):
+            timings["search"] = timings.get("search", 0.0) + perf_counter() - save_search.since
+            save_search.since = perf_counter()
+            _save(path, identity, loop, timings, saved_retrain={})
+
+        save_search.since = search_start
+        if len(loop.state.population) < config["bet_iterations"]:
+            loop.run(config["bet_iterations"], on_iteration=save_search)
+        state = loop.state
 
         retrain_start = perf_counter()
+        done = {"entries": meta.get("retrained", []), "best": meta.get("best_rank"),
+                "weights": saved.get("best_weights")}
+
+        def save_retrain(entries, best_rank, best_weights):
+            timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
+            save_retrain.since = perf_counter()
+            _save(path, identity, loop, timings,
+                  saved_retrain={"retrained": entries, "best_rank": best_rank, "best_weights": best_weights})
+
+        save_retrain.since = retrain_start
         retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
-            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch)
-        retrain_s = perf_counter() - retrain_start
+            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch, done, save_retrain)
+        timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         search = {
             "iterations": [
                 {"t": m.t, "strategy": m.strategy, "kept_params": m.kept_params, "fitness": m.fitness,
@@ -67,25 +108,59 @@ class BET(Method):
             "pretrained_valid": pick(full_valid, REPORT_METRICS),
         }
         return Selection(sizes, weights, valid, search,
-                         {"pretrain": pretrain_s, "search": search_s, "retrain": retrain_s})
+                         {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
 
 
-def retrain_and_choose(top: list, train_from_scratch):
+def _save(path, identity, loop, timings, saved_retrain):
+    if not path:  # BETTrainer in a user's script: no output directory, no checkpoints
+        return
+    population = loop.state.population
+    meta = {
+        "identity": identity, "timings": timings,
+        "members": [{"t": m.t, "strategy": m.strategy, "fitness": m.fitness, "predicted_fitness": m.predicted_fitness,
+                     "kept_params": m.kept_params, "seconds": m.seconds} for m in population],
+        "max_candidate_kept_params": loop.state.max_candidate_kept_params,
+        "retrained": saved_retrain.get("retrained", []), "best_rank": saved_retrain.get("best_rank"),
+    }
+    tensors = {"sizes": torch.from_numpy(np.stack([m.sizes for m in population]).astype(np.int16)),
+               "predictor": loop.trainer.state_dict()}
+    if saved_retrain.get("best_weights") is not None:
+        tensors["best_weights"] = saved_retrain["best_weights"]
+    checkpoint.save(path, meta, tensors)
+
+
+def _members_from(meta, saved) -> list:
+    sizes = saved["sizes"].numpy().astype(np.int64)
+    return [Member(m["t"], m["strategy"], sizes[i], None, m["fitness"], m["predicted_fitness"], m["kept_params"],
+                   m["seconds"]) for i, m in enumerate(meta["members"])]
+
+
+def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=None):
     """Paper 3.5.2: train each top action from scratch; choose by validation quality (Eq. 13-14).
 
-    ``train_from_scratch(sizes) -> (weights, valid metrics, seconds)``. Returns the report entries,
-    the chosen index and (sizes, weights, valid) of the chosen action.
+    ``train_from_scratch(sizes) -> (weights, valid metrics, seconds)``. ``done`` carries retrainings
+    finished before an interruption ({"entries", "best", "weights"}); ``on_retrained(entries, best_rank,
+    best_weights)`` is called after each one (to checkpoint). Returns the report entries, the chosen
+    index and (sizes, weights, valid) of the chosen action.
     """
     logger = getLogger()
-    entries, best = [], None
+    done = done or {}
+    entries = list(done.get("entries") or [])
+    best_rank, best_weights = done.get("best"), done.get("weights")
     for rank, member in enumerate(top):
+        if rank < len(entries):
+            continue
         logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f}) from scratch")
         weights, valid, _ = train_from_scratch(member.sizes)
-        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid),
+        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
                         "valid_quality": quality(valid), "kept_params": member.kept_params})
-        if best is None or entries[-1]["valid_quality"] > entries[best[0]]["valid_quality"]:
-            best = (rank, (member.sizes, weights, valid))
-    return entries, best[0], best[1]
+        if best_rank is None or entries[-1]["valid_quality"] > entries[best_rank]["valid_quality"]:
+            best_rank, best_weights = rank, weights
+        if on_retrained is not None:
+            on_retrained(entries, best_rank, best_weights)
+    best = entries[best_rank]
+    report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
+    return report_entries, best_rank, (top[best_rank].sizes, best_weights, best["valid"])
 
 
 def build_search(ctx, probe) -> SearchLoop:
@@ -99,5 +174,5 @@ def build_search(ctx, probe) -> SearchLoop:
     trainer = PredictorTrainer(predictor, lr=config["bet_predictor_lr"],
                                batch_size=config["bet_predictor_batch_size"],
                                updates_per_iteration=config["bet_predictor_updates"], generator=generator)
-    return SearchLoop(sampler, predictor, trainer, probe, config["bet_candidates"], np.random.default_rng(seed),
+    return SearchLoop(sampler, predictor, trainer, probe, config["bet_candidates"], seed,
                       selection=config["bet_selection"])

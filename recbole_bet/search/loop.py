@@ -63,12 +63,21 @@ class SearchState:
         return chosen
 
 
+def iteration_seed(seed: int, t: int) -> int:
+    """The seed of iteration t: every iteration draws from its own RNGs, so a resumed search repeats
+    exactly what an uninterrupted one would have done, without saving RNG states."""
+    return int(np.random.SeedSequence([seed, t]).generate_state(1)[0] % (2**31 - 1))
+
+
 class SearchLoop:
+    """``probe(sizes, t) -> fitness`` finetunes and scores one action (the caller owns the model)."""
+
     def __init__(self, sampler: ActionSampler, predictor: torch.nn.Module, trainer: PredictorTrainer,
-                 probe: Callable[[np.ndarray], float], candidates: int, rng: np.random.Generator,
+                 probe: Callable[[np.ndarray, int], float], candidates: int, seed: int,
                  selection: str = "schedule", logger=None):
         self.sampler, self.predictor, self.trainer, self.probe = sampler, predictor, trainer, probe
-        self.candidates, self.rng, self.selection = candidates, rng, selection
+        self.candidates, self.seed, self.selection = candidates, seed, selection
+        self.rng = np.random.default_rng(seed)
         self.state = SearchState()
         self.logger = logger or logging.getLogger()
 
@@ -88,13 +97,14 @@ class SearchLoop:
     def step(self, t: int) -> Member:
         start = perf_counter()
         strategy = strategy_for(t, self.selection)
+        self.rng = np.random.default_rng(iteration_seed(self.seed, t))
         candidates = self.sampler.sample(self.candidates, self.rng)
         kept = self.sampler.budget.kept_params_many(candidates)
         self.state.max_candidate_kept_params = max(self.state.max_candidate_kept_params, int(kept.max()))
         encoded = self.predictor.encode(candidates)
         index, predicted = self.choose(strategy, encoded)
         sizes = candidates[index].astype(np.int64)
-        fitness = float(self.probe(sizes))
+        fitness = float(self.probe(sizes, t))
         member = Member(t, strategy, sizes, encoded[index:index + 1].clone(), fitness, float(predicted[index]),
                         int(kept[index]), 0.0)
         self.state.population.append(member)
@@ -104,7 +114,16 @@ class SearchLoop:
         member.seconds = perf_counter() - start
         return member
 
-    def run(self, iterations: int, start: int = 0, on_iteration=None) -> SearchState:
+    def restore(self, members: list, max_candidate_kept_params: int) -> None:
+        """Continue after a checkpoint: the population so far (encodings are recomputed, they hold no
+        learned state)."""
+        for member in members:
+            member.encoded = self.predictor.encode(member.sizes)
+        self.state = SearchState(list(members), int(max_candidate_kept_params))
+
+    def run(self, iterations: int, on_iteration=None) -> SearchState:
+        """Run iterations len(population)..iterations-1; ``on_iteration(t, loop)`` after each."""
+        start = len(self.state.population)
         progress = _progress(iterations, start)
         for t in range(start, iterations):
             member = self.step(t)

@@ -1,0 +1,61 @@
+"""Search checkpoints: written atomically after every iteration and every retraining, read safely.
+
+A checkpoint is a dict of tensors, plain Python values and one JSON string, saved with ``torch.save``
+and read with ``torch.load(weights_only=True)``: nothing is unpickled. RNG states need not be saved:
+every iteration and every from-scratch training reseeds from (seed, iteration).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+from recbole_bet.errors import BadInput
+
+FILENAME = "checkpoint.pt"
+VERSION = 1
+
+
+def save(path: str, meta: dict, tensors: dict) -> None:
+    """Write then rename: a kill at any moment leaves either the old or the new checkpoint whole."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        torch.save({"meta": json.dumps(dict(meta, version=VERSION), sort_keys=True), **tensors}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str) -> tuple[dict, dict]:
+    """(meta, tensors) of a checkpoint; BadInput if it is missing, truncated or not ours."""
+    if not os.path.isfile(path):
+        raise BadInput(f"no checkpoint {path} to resume from; give --resume the output_dir of an interrupted run")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(data.pop("meta"))
+    except Exception as exc:  # truncated zip, foreign pickle (refused by weights_only), bad JSON
+        raise BadInput(
+            f"checkpoint {path} is damaged or not a recbole-bet checkpoint ({type(exc).__name__}); "
+            "start the run again without --resume"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        raise BadInput(f"checkpoint {path} has an unknown format; start the run again without --resume")
+    return meta, data
+
+
+def check_same_run(meta: dict, identity: dict, path: str) -> None:
+    """Refuse to resume a checkpoint written with another model, dataset, sparsity, method or config."""
+    saved = meta.get("identity", {})
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {identity.get(k)!r} now" for k in differ[:4])
+        raise BadInput(
+            f"cannot resume {os.path.dirname(path)}: it was written with a different configuration ({shown}); "
+            "resume with the same arguments or start a new run"
+        )

@@ -1,0 +1,75 @@
+"""A BET run killed with SIGKILL at several moments and resumed gives the uninterrupted report."""
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--model=LightGCN", "--dataset=ml-100k", "--config_files=quick", "--epochs=2", "--bet_iterations=5",
+        "--bet_retrain_top_k=2", "--bet_candidates=6"]
+
+
+def _args(tmp, out):
+    return FAST + [f"--output_dir={tmp / out}", f"--pretrain_cache_dir={tmp / 'cache'}",
+                   f"--checkpoint_dir={tmp / 'ckpt'}"]
+
+
+def _comparable(report):
+    report = json.loads(json.dumps(report))
+    report.pop("timings_s")
+    report["config"].pop("output_dir")
+    for it in report["search"]["iterations"]:
+        it.pop("seconds")
+    return report
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    done = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, "ref")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp, json.loads((tmp / "ref" / "report.json").read_text())
+
+
+@pytest.mark.parametrize("event,nth", [("finetune", 3), ("evaluate", 4), ("checkpoint", 3), ("retrain", 2)])
+def test_killed_and_resumed_run_matches_uninterrupted(reference, event, nth):
+    tmp, expected = reference
+    out = f"killed-{event}"
+    killed = subprocess.run([sys.executable, "tests/kill_runner.py", event, str(nth), *_args(tmp, out)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp / out / "report.json").exists()
+    resumed = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, out), f"--resume={tmp / out}"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = json.loads((tmp / out / "report.json").read_text())
+    assert _comparable(got) == _comparable(expected)
+    assert not (tmp / out / "checkpoint.pt").exists()  # a finished run keeps report and artifact only
+
+
+def test_resume_refuses_another_configuration(reference):
+    tmp, _ = reference
+    out = "other"
+    killed = subprocess.run([sys.executable, "tests/kill_runner.py", "finetune", "2", *_args(tmp, out)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    refused = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, out), "--sparsity=0.8", f"--resume={tmp / out}"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: cannot resume")
+    assert "sparsity" in refused.stderr and "Traceback" not in refused.stderr
+    assert (tmp / out / "checkpoint.pt").exists()  # refusing leaves the interrupted run intact
+
+
+def test_truncated_checkpoint_is_refused_clearly(reference, tmp_path):
+    tmp, _ = reference
+    out = tmp_path / "trunc"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    refused = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, "unused"), f"--resume={out}"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "checkpoint" in refused.stderr.strip().splitlines()[-1] and "Traceback" not in refused.stderr
