@@ -34,7 +34,12 @@ def _run_bet(argv) -> int:
     from recbole_bet.pipeline import quick_start
 
     files = args.config_files.split() if args.config_files else None
-    report_dir = quick_start(args.model, args.dataset, config_file_list=files)["config"]["output_dir"]
+    saved_argv = sys.argv  # RecBole's Config reads --key=value from sys.argv: give it exactly these options
+    sys.argv = [saved_argv[0] if saved_argv else "run_bet.py", *argv]
+    try:
+        report_dir = quick_start(args.model, args.dataset, config_file_list=files)["config"]["output_dir"]
+    finally:
+        sys.argv = saved_argv
     print(f"report: {os.path.join(report_dir, 'report.json')}")
     print(f"table:  {os.path.join(report_dir, 'table.npz')}")
     return 0

@@ -75,7 +75,13 @@ def read_artifact(path: str) -> tuple[dict, dict]:
         raise BadInput(f"{path} is not a valid recbole-bet artifact ({type(exc).__name__}: {exc})") from None
     if "meta" not in arrays:
         raise BadInput(f"{path} is not a recbole-bet artifact (no meta entry)")
-    return json.loads(str(arrays.pop("meta"))), arrays
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path} is not a recbole-bet artifact (its meta entry is not a JSON object)")
+    return meta, arrays
 
 
 def load_artifact(path: str, model, masked: MaskedTables, model_name: str, dataset_name: str) -> dict:
@@ -89,23 +95,30 @@ def load_artifact(path: str, model, masked: MaskedTables, model_name: str, datas
             f"artifact {path} was exported for model {meta.get('model')} on dataset {meta.get('dataset')}, "
             f"not {model_name} on {dataset_name}; load it with the model and dataset it was made for"
         )
-    if (meta["n_users"], meta["n_items"], meta["d_max"]) != (masked.n_users, masked.n_items, masked.d_max):
+    if (meta.get("n_users"), meta.get("n_items"), meta.get("d_max")) != (masked.n_users, masked.n_items, masked.d_max):
         raise BadInput(
-            f"artifact {path} has {meta['n_users']} users, {meta['n_items']} items and d_max {meta['d_max']}; "
-            f"this model has {masked.n_users}, {masked.n_items} and {masked.d_max}: the dataset or config differ"
+            f"artifact {path} has {meta.get('n_users')} users, {meta.get('n_items')} items and d_max "
+            f"{meta.get('d_max')}; this model has {masked.n_users}, {masked.n_items} and {masked.d_max}: "
+            "the dataset or config differ"
         )
-    state = {}
-    user_sizes = item_sizes = None
-    for t in masked.tables:
-        sizes = arrays[f"table.{t.name}.sizes"].astype(np.int64)
-        state[f"{t.name}.weight"] = torch.from_numpy(_expand(arrays[f"table.{t.name}.values"], sizes, masked.d_max))
-        if t.entity == "user":
-            user_sizes = sizes[1:]
-        else:
-            item_sizes = sizes[1:]
-    for key, value in arrays.items():
-        if key.startswith("param."):
-            state[key[len("param."):]] = torch.from_numpy(np.array(value))
-    load_plain_state_dict(model, state)
+    try:  # a damaged or hand-made file must give BadInput, not a KeyError/ValueError traceback
+        state = {}
+        sizes_of = {}
+        for t in masked.tables:
+            sizes = arrays[f"table.{t.name}.sizes"].astype(np.int64)
+            if sizes.shape != (t.module.num_embeddings,) or sizes.min() < 0 or sizes.max() > masked.d_max:
+                raise ValueError(f"table {t.name} has sizes of shape {sizes.shape} outside [0, {masked.d_max}]")
+            if t.entity in sizes_of and not np.array_equal(sizes_of[t.entity], sizes):
+                raise ValueError(f"the {t.entity} tables disagree on sizes")
+            sizes_of[t.entity] = sizes
+            state[f"{t.name}.weight"] = torch.from_numpy(
+                _expand(arrays[f"table.{t.name}.values"], sizes, masked.d_max))
+        for key, value in arrays.items():
+            if key.startswith("param."):
+                state[key[len("param."):]] = torch.from_numpy(np.array(value))
+        load_plain_state_dict(model, state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise BadInput(f"artifact {path} is damaged or does not fit this model ({type(exc).__name__}: {exc})") from None
+    user_sizes, item_sizes = sizes_of["user"][1:], sizes_of["item"][1:]
     masked.set_sizes(np.concatenate([user_sizes, item_sizes]))
     return meta

@@ -1,0 +1,50 @@
+"""Shared fixtures: in-process run contexts and cached end-to-end CLI runs (each trained once per session)."""
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = "properties/quick.yaml"
+
+
+def make_context(model: str, tmp_dir, **config):
+    """``prepare`` on ml-100k with the quick profile, as run_bet.py would, without RecBole reading pytest's argv."""
+    from recbole_bet.config import make_config
+    from recbole_bet.pipeline import prepare
+
+    config = {"checkpoint_dir": str(Path(tmp_dir) / "ckpt"), "pretrain_cache_dir": str(Path(tmp_dir) / "pretrain"),
+              **config}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["run_bet.py"])
+        return prepare(make_config(model, "ml-100k", config_file_list=["quick"], config_dict=config))
+
+
+def run_cli(*args, timeout=900, module=False):
+    """``python run_bet.py ARGS`` (or ``python -m recbole_bet ARGS``) from the repository root."""
+    entry = ["-m", "recbole_bet"] if module else ["run_bet.py"]
+    return subprocess.run([sys.executable, *entry, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """``cli_run(model, method)``: one real CLI run with quick.yaml (and one epoch) on ml-100k, cached for the
+    session: test_cli checks its report, test_export reloads its artifact."""
+    base = tmp_path_factory.mktemp("cli_runs")
+    cache = {}
+
+    def get(model: str, method: str):
+        if (model, method) not in cache:
+            out = base / f"{model}-{method}"
+            proc = run_cli(f"--model={model}", "--dataset=ml-100k", f"--method={method}", f"--config_files={QUICK}",
+                           "--epochs=1", f"--output_dir={out}", f"--checkpoint_dir={base / 'ckpt'}",
+                           f"--pretrain_cache_dir={base / 'pretrain'}")
+            cache[model, method] = SimpleNamespace(model=model, method=method, proc=proc, out=out,
+                                                   report=out / "report.json", table=out / "table.npz")
+        return cache[model, method]
+
+    return get

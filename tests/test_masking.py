@@ -1,0 +1,169 @@
+"""Row-prefix masks on stock RecBole models: zero reads, zero gradients, frozen masked entries."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from torch import nn
+
+from conftest import make_context
+from recbole_bet.errors import BadInput
+from recbole_bet.masking import MaskedTables, find_tables
+
+MODELS = {"LightGCN": 1, "NGCF": 1, "NeuMF": 2}  # model -> tables_per_entity
+
+
+def table_mask(masked, table):
+    """The expected 0/1 mask of one table from the sizes (padding row: size 0)."""
+    sizes = torch.as_tensor(masked.row_sizes(table.entity))
+    return (torch.arange(masked.d_max)[None, :] < sizes[:, None]).float()
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def stepped(request, tmp_path_factory):
+    """A model with random sizes after ONE RecBole-style training step (Adam), and what changed."""
+    torch.manual_seed(7)
+    ctx = make_context(request.param, tmp_path_factory.mktemp(request.param))
+    model, masked = ctx.model, ctx.masked
+    rng = np.random.default_rng(11)
+    n = masked.n_users + masked.n_items
+    sizes = rng.integers(1, masked.d_max, n)  # every row has masked entries
+    sizes[rng.choice(n, 5, replace=False)] = masked.d_max  # and a few rows are full
+    masked.set_sizes(sizes)
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    batch = next(iter(ctx.train_data))
+    raw = {t.name: t.module.parametrizations.weight.original for t in masked.tables}
+    before = {name: p.detach().clone() for name, p in raw.items()}
+    optimizer.zero_grad()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in raw.items()}
+    optimizer.step()
+    after = {name: p.detach().clone() for name, p in raw.items()}
+    item_fields = [f for f in (model.ITEM_ID, model.NEG_ITEM_ID) if f in batch.interaction]
+    rows = {
+        "user": torch.unique(batch[model.USER_ID]),
+        "item": torch.unique(torch.cat([batch[f] for f in item_fields])),
+    }
+    model.eval()
+    return SimpleNamespace(name=request.param, ctx=ctx, sizes=sizes, loss=loss.item(), grads=grads,
+                           before=before, after=after, rows=rows)
+
+
+def test_tables_found(stepped):
+    masked, budget = stepped.ctx.masked, stepped.ctx.budget
+    tpe = MODELS[stepped.name]
+    assert len(masked.tables) == 2 * tpe
+    assert budget.tables_per_entity == tpe
+    assert sorted(t.entity for t in masked.tables) == ["item"] * tpe + ["user"] * tpe
+    assert (masked.n_users, masked.n_items) == (943, 1682)
+    for t in masked.tables:
+        assert t.module.weight.shape == ((944 if t.entity == "user" else 1683), 128)
+    np.testing.assert_array_equal(masked.sizes, stepped.sizes)
+
+
+def test_masked_entries_get_exactly_zero_gradient(stepped):
+    assert np.isfinite(stepped.loss)
+    for t in stepped.ctx.masked.tables:
+        grad, mask = stepped.grads[t.name], table_mask(stepped.ctx.masked, t)
+        assert torch.all(grad[mask == 0] == 0), t.name
+        in_batch = stepped.rows[t.entity]
+        assert torch.any(grad[in_batch][mask[in_batch] == 1] != 0), f"{t.name}: no gradient reached kept entries"
+
+
+def test_adam_step_leaves_masked_entries_unchanged(stepped):
+    for t in stepped.ctx.masked.tables:
+        before, after, mask = stepped.before[t.name], stepped.after[t.name], table_mask(stepped.ctx.masked, t)
+        assert torch.equal(before[mask == 0], after[mask == 0]), t.name
+        in_batch = stepped.rows[t.entity]
+        changed = (before[in_batch] != after[in_batch]) & (mask[in_batch] == 1)
+        assert changed.any(dim=1).float().mean() > 0.5, f"{t.name}: kept entries of batch rows did not move"
+
+
+def test_weight_reads_zero_where_masked(stepped):
+    masked = stepped.ctx.masked
+    for t in masked.tables:
+        weight, mask = t.module.weight.detach(), table_mask(masked, t)
+        assert torch.all(weight[mask == 0] == 0), t.name
+        assert torch.equal(weight[mask == 1], stepped.after[t.name][mask == 1])
+        assert torch.all(weight[0] == 0), "padding row has size 0"
+        idx = torch.arange(weight.shape[0])
+        assert torch.equal(t.module(idx).detach(), weight)  # calling the module (NeuMF, BPR) is masked too
+
+
+def test_scored_embeddings_are_masked(stepped):
+    ctx = stepped.ctx
+    masked, model = ctx.masked, ctx.model
+    users = table_mask(masked, next(t for t in masked.tables if t.entity == "user"))
+    items = table_mask(masked, next(t for t in masked.tables if t.entity == "item"))
+    with torch.no_grad():
+        if stepped.name == "NeuMF":
+            uid, iid = torch.arange(users.shape[0]), torch.arange(items.shape[0])
+            for name, ids, mask in (("user_mf_embedding", uid, users), ("user_mlp_embedding", uid, users),
+                                    ("item_mf_embedding", iid, items), ("item_mlp_embedding", iid, items)):
+                emb = getattr(model, name)(ids)
+                assert torch.all(emb[mask == 0] == 0), name
+        else:
+            ego = model.get_ego_embeddings()
+            assert ego.shape == (users.shape[0] + items.shape[0], masked.d_max)
+            assert torch.all(ego[: users.shape[0]][users == 0] == 0)
+            assert torch.all(ego[users.shape[0]:][items == 0] == 0)
+
+
+@pytest.mark.parametrize("stepped", ["NeuMF"], indirect=True)
+def test_neumf_chunked_full_sort_ranks_like_predict(stepped):
+    model = stepped.ctx.model
+    model.eval()
+    n_items = model.n_items  # padding item 0 included
+    users = torch.tensor([1, 2, 50, 400, 943])
+    with torch.no_grad():
+        full = model.full_sort_predict(Interaction({model.USER_ID: users})).view(len(users), n_items)
+        pairs = Interaction({model.USER_ID: users.repeat_interleave(n_items),
+                             model.ITEM_ID: torch.arange(n_items).repeat(len(users))})
+        stock = model.predict(pairs).view(len(users), n_items)
+    torch.testing.assert_close(torch.sigmoid(full), stock, rtol=0, atol=1e-5)
+    for u in range(len(users)):
+        top_full = torch.topk(full[u, 1:], 10).indices
+        top_stock = torch.topk(stock[u, 1:], 10).indices
+        if not torch.equal(top_full, top_stock):  # only exact ties in the sigmoid may reorder
+            assert torch.equal(torch.sort(stock[u, 1:][top_full]).values, torch.sort(stock[u, 1:][top_stock]).values)
+
+
+class _NoTables(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(1683, 64)
+
+
+class _Unbalanced(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user_a, self.user_b = nn.Embedding(944, 8), nn.Embedding(944, 8)
+        self.item = nn.Embedding(1683, 8)
+
+
+def test_models_without_balanced_tables_are_refused():
+    with pytest.raises(BadInput, match="no user or item embedding tables"):
+        find_tables(_NoTables(), 944, 1683)
+    with pytest.raises(BadInput, match="2 user and 1 item"):
+        find_tables(_Unbalanced(), 944, 1683)
+
+
+def test_equal_counts_use_module_names_and_width_must_be_d_max():
+    model = nn.Module()
+    model.user_embedding, model.item_embedding = nn.Embedding(11, 8), nn.Embedding(11, 8)
+    tables = find_tables(model, 11, 11)
+    assert {t.name: t.entity for t in tables} == {"user_embedding": "user", "item_embedding": "item"}
+    with pytest.raises(BadInput, match="d_max"):
+        MaskedTables(model, tables, 16)
+    masked = MaskedTables(model, tables, 8)
+    masked.set_sizes(np.arange(20) % 9)
+    assert torch.all(model.user_embedding.weight[3, 2:] == 0) and torch.all(model.user_embedding.weight[3, :2] != 0)
+    masked.set_full()
+    assert torch.all(model.item_embedding.weight != 0)
+    with pytest.raises(ValueError):
+        masked.set_sizes(np.ones(19))
