@@ -29,6 +29,8 @@ class Budget:
     d_min: int
     tables_per_entity: int
     sparsity: float
+    params_cap: int | None = None  # set by a memory budget in bytes; otherwise the sparsity decides
+    memory_budget: int | None = None  # the bytes asked for, when the budget came from memory_budget
 
     @property
     def n_entities(self) -> int:
@@ -40,6 +42,8 @@ class Budget:
 
     @property
     def budget_params(self) -> int:
+        if self.params_cap is not None:
+            return self.params_cap
         return budget_params(self.sparsity, self.d_max, self.n_users, self.n_items, self.tables_per_entity)
 
     @property
@@ -76,13 +80,67 @@ class Budget:
             s = round(s - 1e-4, 4)
         return s
 
+    @property
+    def min_params(self) -> int:
+        return self.d_min * self.n_entities * self.tables_per_entity
+
     def check_feasible(self) -> None:
-        if self.budget_params < self.d_min * self.n_entities * self.tables_per_entity:
+        if self.memory_budget is not None and self.budget_params < self.min_params:
+            need = self.memory_budget + BYTES_PER_PARAM * (self.min_params - self.budget_params)
+            raise BadInput(
+                f"memory_budget {self.memory_budget} bytes leaves room for {max(0, self.budget_params)} parameters, "
+                f"fewer than d_min={self.d_min} for each of the {self.n_entities} users and items; the smallest "
+                f"feasible memory_budget here is {need} bytes (or lower d_min)"
+            )
+        if self.budget_params < self.min_params:
             raise BadInput(
                 f"sparsity {self.sparsity} leaves {self.budget_params} parameters, fewer than d_min={self.d_min} "
                 f"for each of the {self.n_entities} users and items; the highest feasible sparsity here is "
                 f"{self.highest_feasible_sparsity()} (or lower d_min)"
             )
+
+
+BYTES_PER_PARAM = 4  # float32 values in the artifact
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_bytes(value) -> int:
+    """``2MB`` -> 2,000,000 (MB = 10^6 bytes, as in the RULE paper); ``512KiB``, ``1.5MB`` and plain
+    integers work too."""
+    if isinstance(value, bool):
+        raise BadInput(f"memory_budget must be a size in bytes such as 2MB, 512KB or 100000, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGIB")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = None
+        if number is None or unit not in _UNITS:
+            raise BadInput(f"memory_budget must be a size in bytes such as 2MB, 512KB or 100000, got {value!r}")
+    result = int(number * _UNITS[unit])
+    if result <= 0:
+        raise BadInput(f"memory_budget must be positive, got {value!r}")
+    return result
+
+
+def make_memory_budget(memory_budget, overhead_bytes: int, d_max, d_min, n_users: int, n_items: int,
+                       tables_per_entity: int) -> Budget:
+    """A budget whose exported artifact (sizes index and other weights included) fits ``memory_budget``.
+
+    ``overhead_bytes``: the artifact's size with no kept value (see export.artifact_overhead_bytes);
+    every kept parameter adds BYTES_PER_PARAM to it.
+    """
+    validate_budget_keys(0.5, d_max, d_min)
+    memory = parse_bytes(memory_budget)
+    full = d_max * (n_users + n_items) * tables_per_entity
+    params = min(full, (memory - overhead_bytes) // BYTES_PER_PARAM)
+    budget = Budget(n_users, n_items, d_max, d_min, tables_per_entity, 1 - max(params, 0) / full, params, memory)
+    budget.check_feasible()
+    return budget
 
 
 def validate_budget_keys(sparsity, d_max, d_min) -> None:

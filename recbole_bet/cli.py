@@ -53,17 +53,21 @@ def package_main(argv=None) -> int:
     """``python -m recbole_bet COMMAND ...``"""
     argv = sys.argv[1:] if argv is None else argv
     commands = {"convert": "convert LightGCN-format train/test(/valid).txt into RecBole atomic files",
-                "run": "the same as run_bet.py"}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+                "run": "the same as run_bet.py",
+                "recommend": "top-k items for users from a finished run's table.npz"}
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+        return 2
+    if not argv or argv[0] in ("-h", "--help"):
         usage = "\n".join(f"  {name:<10} {text}" for name, text in commands.items())
-        print(f"usage: python -m recbole_bet COMMAND [options]\ncommands:\n{usage}",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
-            return 2
+        print(f"usage: python -m recbole_bet COMMAND [options]\ncommands:\n{usage}")
         return 0
     if argv[0] == "convert":
         from recbole_bet.convert import main as convert_main
 
         return guarded(convert_main, argv[1:])
+    if argv[0] == "recommend":
+        from recbole_bet.recommend import main as recommend_main
+
+        return guarded(recommend_main, argv[1:])
     return run_bet_main(argv[1:])

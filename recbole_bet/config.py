@@ -12,11 +12,12 @@ from recbole.config import Config
 from recbole.utils import ModelType
 
 from recbole_bet import compat
-from recbole_bet.budget import validate_budget_keys
+from recbole_bet.budget import parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
 from recbole_bet.models import configure_width
 
 METHODS = ("bet", "es", "mr")
+DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
 def properties_dir() -> Path:
@@ -60,8 +61,17 @@ def check_model_name(model: str) -> None:
         except (ImportError, ValueError):
             found = False
         if found:
+            model_type = getattr(getattr(importlib.import_module(path), model), "type", None)
+            if package != "general_recommender":
+                raise BadInput(_not_general(model, model_type))
             return
     raise BadInput(f"unknown model {model!r}; use a RecBole general recommender such as LightGCN, NGCF, NeuMF or BPR")
+
+
+def _not_general(model: str, model_type) -> str:
+    kind = getattr(model_type, "name", "other").lower()
+    return (f"model {model} is a {kind} recommender, not a general one with user/item embedding tables to "
+            "compress; use a RecBole general recommender such as LightGCN, NGCF, NeuMF or BPR")
 
 
 def make_config(model: str, dataset: str, config_file_list=None, config_dict=None) -> Config:
@@ -82,10 +92,7 @@ def make_config(model: str, dataset: str, config_file_list=None, config_dict=Non
     except SyntaxError as exc:
         raise BadInput(f"bad command line: {exc}") from None
     if config["MODEL_TYPE"] != ModelType.GENERAL:
-        raise BadInput(
-            f"model {model} is not a general recommender; recbole-bet compresses the user/item tables of "
-            "general recommenders such as LightGCN, NGCF, NeuMF or BPR"
-        )
+        raise BadInput(_not_general(model, config["MODEL_TYPE"]))
     validate(config)
     configure_width(config, config["d_max"])
     return config
@@ -99,7 +106,15 @@ def _positive_int(config, key, minimum=1):
 
 def validate(config) -> None:
     """Check recbole-bet's own keys; feasibility of the budget is checked once the data is loaded."""
-    validate_budget_keys(config["sparsity"], config["d_max"], config["d_min"])
+    if config["memory_budget"] is not None:
+        if config["sparsity"] is not None:
+            raise BadInput("give either sparsity or memory_budget, not both (e.g. --memory_budget=2MB alone)")
+        parse_bytes(config["memory_budget"])
+        validate_budget_keys(0.5, config["d_max"], config["d_min"])
+    else:
+        if config["sparsity"] is None:
+            config["sparsity"] = DEFAULT_SPARSITY
+        validate_budget_keys(config["sparsity"], config["d_max"], config["d_min"])
     method = config["method"]
     if method not in METHODS:
         raise BadInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (e.g. --method=es)")

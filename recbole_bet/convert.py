@@ -186,7 +186,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     info = convert_lightgcn(
-        args.input, args.output, args.name, progress=lambda m: print(m, file=sys.stderr)
+        args.input, args.output, args.name, progress=print
     )
     name = Path(info["path"]).parent.name
     print(

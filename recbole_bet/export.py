@@ -64,6 +64,23 @@ def save_artifact(path: str, model, masked: MaskedTables, meta: dict) -> int:
     return os.path.getsize(path)
 
 
+def artifact_overhead_bytes(model, masked: MaskedTables, meta: dict) -> int:
+    """Bytes of this model's artifact with no kept value (sizes index, other weights, metadata, zip
+    headers), plus a margin for headers that grow with the shapes; each kept parameter adds 4 bytes."""
+    previous = masked.sizes
+    masked.set_sizes(np.zeros(masked.n_users + masked.n_items, dtype=np.int64))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            size = save_artifact(os.path.join(tmp, "table.npz"), model, masked, meta)
+    finally:
+        if previous is None:
+            masked.set_full()
+        else:
+            masked.set_sizes(previous)
+    # npy headers are padded to 64 bytes: a longer shape string can add 64 per values array; meta text too
+    return size + 64 * (len(masked.tables) + 2)
+
+
 def read_artifact(path: str) -> tuple[dict, dict]:
     """(meta, arrays) of an artifact, never unpickling anything."""
     try:

@@ -15,19 +15,20 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_local_time, init_logger, init_seed
 
-from recbole_bet.budget import Budget, make_budget
+from recbole_bet.budget import Budget, make_budget, make_memory_budget
 from recbole_bet.config import make_config
 from recbole_bet.errors import BadInput
-from recbole_bet.export import save_artifact
+from recbole_bet.export import artifact_overhead_bytes, save_artifact
 from recbole_bet.masking import MaskedTables, find_tables, load_plain_state_dict, plain_state_dict, tables_per_entity
 from recbole_bet.methods import get_method
+from recbole_bet.recommend import save_run_config
 from recbole_bet.search import checkpoint
 from recbole_bet.models import attach_full_sort, build_model
 from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
 
 # the SPEC keys echoed in the report's "config", plus the training keys that shape a result
 REPORT_CONFIG_KEYS = (
-    "method", "sparsity", "d_max", "d_min", "output_dir", "seed", "epochs", "train_batch_size",
+    "method", "sparsity", "memory_budget", "d_max", "d_min", "output_dir", "seed", "epochs", "train_batch_size",
     "learning_rate", "stopping_step", "valid_metric", "eval_args", "embedding_size",
 )
 
@@ -90,8 +91,13 @@ def context_from(config, model, train_data, valid_data, test_data=None, dataset=
     train_dataset = train_data.dataset
     tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
     masked = MaskedTables(model, tables, config["d_max"])
-    budget = make_budget(config["sparsity"], config["d_max"], config["d_min"], masked.n_users, masked.n_items,
-                         tables_per_entity(tables))
+    if config["memory_budget"] is not None:
+        overhead = artifact_overhead_bytes(model, masked, artifact_meta(config, None))
+        budget = make_memory_budget(config["memory_budget"], overhead, config["d_max"], config["d_min"],
+                                    masked.n_users, masked.n_items, tables_per_entity(tables))
+    else:
+        budget = make_budget(config["sparsity"], config["d_max"], config["d_min"], masked.n_users, masked.n_items,
+                             tables_per_entity(tables))
     user_freq, item_freq = _frequencies(train_dataset, masked.n_users, masked.n_items)
     return RunContext(config, dataset, train_data, valid_data, test_data, model, masked, budget,
                       plain_state_dict(model), user_freq, item_freq, Scorer(config, model))
@@ -108,9 +114,15 @@ def prepare(config) -> RunContext:
 
 
 def default_output_dir(config) -> str:
-    return os.path.join(
-        "saved", f"{config['model']}-{config['dataset']}-{config['method']}-{config['sparsity']}-{get_local_time()}"
-    )
+    budget = config["sparsity"] if config["memory_budget"] is None else f"mem{config['memory_budget']}"
+    return os.path.join("saved", f"{config['model']}-{config['dataset']}-{config['method']}-{budget}-{get_local_time()}")
+
+
+def artifact_meta(config, budget) -> dict:
+    """What the artifact records about its run (its size must not depend on the sizes chosen)."""
+    return {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
+            "sparsity": None if budget is None else budget.sparsity, "seed": config["seed"],
+            "memory_budget": config["memory_budget"]}
 
 
 def check_writable(path: str) -> None:
@@ -119,7 +131,8 @@ def check_writable(path: str) -> None:
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise BadInput(f"output_dir {path} cannot be written ({probe} is not a writable folder); choose another")
+        shown = os.path.relpath(probe) if probe.startswith(os.getcwd() + os.sep) else probe
+        raise BadInput(f"output_dir {path} cannot be written ({shown} is not a writable folder); choose another")
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
@@ -200,9 +213,13 @@ def run(config, ctx: RunContext | None = None) -> dict:
     timings = {k: float(selection.timings.get(k, 0.0)) for k in ("pretrain", "search", "retrain")}
     timings["total"] = perf_counter() - total_start
     report = build_report(ctx, selection, valid, test, timings)
-    meta = {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
-            "sparsity": b.sparsity, "seed": config["seed"], "tables_per_entity": b.tables_per_entity}
+    meta = dict(artifact_meta(config, b), tables_per_entity=b.tables_per_entity)
     report["artifact_bytes"] = save_artifact(os.path.join(output_dir, "table.npz"), ctx.model, ctx.masked, meta)
+    if b.memory_budget is not None:
+        report["memory_budget"] = b.memory_budget
+        if report["artifact_bytes"] > b.memory_budget:  # the overhead estimate is exact up to its margin
+            raise RuntimeError(f"artifact is {report['artifact_bytes']} bytes, over memory_budget {b.memory_budget}")
+    save_run_config(output_dir, config)
     _write_json_atomic(os.path.join(output_dir, "report.json"), report)
     if os.path.exists(ctx.checkpoint_path):  # finished: the report and artifact supersede it
         os.remove(ctx.checkpoint_path)

@@ -1,5 +1,6 @@
 """Shared fixtures: in-process run contexts and cached end-to-end CLI runs (each trained once per session)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,21 @@ def cli_run(tmp_path_factory):
         return cache[model, method]
 
     return get
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_LINE = re.compile(r"^\d{2} \w{3} \d{2}:\d{2}\s+(INFO|WARNING)\s")
+
+
+def check_refused(proc, out_dir, expect):
+    """Exit 2, one ``error:`` line (the last stderr line), only RecBole log lines before it, no traceback."""
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [ANSI.sub("", line) for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert lines[-1] == errors[0]
+    assert all(LOG_LINE.match(line) for line in lines[:-1]), proc.stderr
+    assert re.search(expect, errors[0]), errors[0]
+    assert "report:" not in proc.stdout
+    assert not out_dir.exists(), "a refused run must leave no output directory"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import QUICK, run_cli
+from conftest import check_refused, QUICK, run_cli
 
 TABLES_PER_ENTITY = {"LightGCN": 1, "NGCF": 1, "NeuMF": 2}
 SPEC_KEYS = {
@@ -19,8 +19,6 @@ METRICS = {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
 SPEC_CONFIG_KEYS = {"method", "sparsity", "d_max", "d_min", "output_dir", "bet_iterations", "bet_candidates",
                     "bet_finetune_epochs", "bet_retrain_top_k", "epochs", "seed", "train_batch_size"}
 # RecBole's log lines, e.g. "23 Nov 16:26    INFO  budget: ..."
-LOG_LINE = re.compile(r"^\d{2} \w{3} \d{2}:\d{2}\s+(INFO|WARNING)\s")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.mark.parametrize("method", ["es", "mr"])
@@ -70,47 +68,8 @@ def test_run_writes_spec_report(cli_run, model, method):
     assert (c["epochs"], c["train_batch_size"], c["bet_iterations"]) == (1, 4096, 3)
 
 
-def check_refused(proc, out_dir, expect):
-    """Exit 2, one ``error:`` line (the last stderr line), only RecBole log lines before it, no traceback."""
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    lines = [ANSI.sub("", line) for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    assert lines[-1] == errors[0]
-    assert all(LOG_LINE.match(line) for line in lines[:-1]), proc.stderr
-    assert re.search(expect, errors[0]), errors[0]
-    assert "report:" not in proc.stdout
-    assert not out_dir.exists(), "a refused run must leave no output directory"
-
-
 LIGHTGCN = ["--model=LightGCN", "--dataset=ml-100k"]
-BAD_INPUTS = {
-    "unknown model": (["--model=NoSuchModel", "--dataset=ml-100k"], r"unknown model 'NoSuchModel'"),
-    "miscased model": (["--model=lightgcn", "--dataset=ml-100k"], r"unknown model"),
-    "not general (Pop)": (["--model=Pop", "--dataset=ml-100k"], r"Pop .*general recommender"),
-    "no embedding tables (MultiDAE)": (["--model=MultiDAE", "--dataset=ml-100k"], r"MultiDAE has no user or item"),
-    "unknown dataset": (["--model=LightGCN", "--dataset=no-such-data"], r"dataset 'no-such-data' not found"),
-    "sparsity 0": (LIGHTGCN + ["--sparsity=0"], r"sparsity"),
-    "sparsity 1": (LIGHTGCN + ["--sparsity=1"], r"sparsity"),
-    "sparsity -0.1": (LIGHTGCN + ["--sparsity=-0.1"], r"sparsity"),
-    "sparsity abc": (LIGHTGCN + ["--sparsity=abc"], r"sparsity .*'abc'"),
-    "sparsity infeasible": (LIGHTGCN + ["--sparsity=0.999"], r"highest feasible sparsity here is 0\.992"),
-    "d_min > d_max": (LIGHTGCN + ["--d_min=9", "--d_max=8"], r"d_min \(9\) must not exceed d_max \(8\)"),
-    "unknown method": (LIGHTGCN + ["--method=foo"], r"unknown method 'foo'"),
-    "missing config file": (["--model=LightGCN", "--dataset=ml-100k", "--config_files=missing.yaml"],
-                            r"missing\.yaml does not exist"),
-    "bad RecBole value": (LIGHTGCN + ["--epochs=abc"], r"epochs"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_exits_2(case, tmp_path):
-    args, expect = BAD_INPUTS[case]
-    out = tmp_path / "out"
-    extra = [] if any(a.startswith("--config_files") for a in args) else [f"--config_files={QUICK}"]
-    proc = run_cli(*args, *extra, f"--output_dir={out}", f"--checkpoint_dir={tmp_path / 'ckpt'}", timeout=300)
-    check_refused(proc, out, expect)
+# every other bad input is a row of docs/errors.md, run by test_errors.py
 
 
 def test_package_run_command_refuses_bad_input(tmp_path):
@@ -130,5 +89,5 @@ def test_package_usage():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown command 'frobnicate'; choose one of convert, run"]
+    assert errors == ["error: unknown command 'frobnicate'; choose one of convert, run, recommend"]
     assert proc.stdout == ""

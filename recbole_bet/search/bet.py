@@ -27,7 +27,8 @@ def quality(result: dict) -> float:
 def run_identity(config) -> dict:
     """What must match for a checkpoint to be resumed: everything that shapes the result."""
     items = dict(pretrain_key_items(config))
-    items.update({k: config[k] for k in ("method", "sparsity", "d_min") if k in config.final_config_dict})
+    items.update({k: config[k] for k in ("method", "sparsity", "memory_budget", "d_min")
+                  if k in config.final_config_dict})
     items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
     return json.loads(json.dumps(items, sort_keys=True, default=str))
 

@@ -50,7 +50,8 @@ class BETTrainer:
         """Write the compact artifact (see recbole_bet.export); returns its size in bytes."""
         if self.context is None:
             raise RuntimeError("call fit() before export()")
+        from recbole_bet.pipeline import artifact_meta
+
         b = self.context.budget
-        meta = {"model": self.config["model"], "dataset": self.config["dataset"], "method": self.config["method"],
-                "sparsity": b.sparsity, "seed": self.config["seed"], "tables_per_entity": b.tables_per_entity}
+        meta = dict(artifact_meta(self.config, b), tables_per_entity=b.tables_per_entity)
         return save_artifact(path, self.model, self.context.masked, meta)
