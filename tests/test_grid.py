@@ -1,0 +1,184 @@
+"""The reproduction harness benchmarks/grid.py: runs cells as subprocesses, resumes, reports failures, builds tables."""
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GRID_PY = REPO / "benchmarks" / "grid.py"
+TINY = REPO / "benchmarks" / "grids" / "tiny.yaml"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_grid", GRID_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    return module
+
+
+grid = _module()
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, str(GRID_PY), *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _status_line(stdout, cell_id):
+    lines = [line for line in stdout.splitlines() if line.startswith("[") and cell_id in line]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
+def test_tiny_grid_runs_resumes_and_survives_a_failing_cell(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    first = _run(f"--grid={TINY}", f"--output-root={runs}", f"--results-dir={results}")
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    es = runs / "ml-100k" / "LightGCN" / "es" / "0.9" / "seed2020"
+    mr = runs / "ml-100k" / "LightGCN" / "mr" / "0.9" / "seed2020"
+    for cell in (es, mr):
+        report = json.loads((cell / "report.json").read_text())
+        assert report["kept_params"] <= report["budget_params"] and report["seed"] == 2020
+        info = json.loads((cell / "cell.json").read_text())
+        assert info["wall_s"] > 0 and info["wall_s_total"] == info["wall_s"] and info["returncode"] == 0
+        assert "--epochs=1" in info["args"] and "--config_files=quick" in info["args"]
+    rows = _csv_rows(results / "ml-100k.csv")
+    assert sorted(r["method"] for r in rows) == ["es", "mr"]
+    assert all(float(r["test_recall@20"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
+    md = (results / "ml-100k.md").read_text()
+    assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | seeds | wall |" in md
+    assert "| es | 0.9 |" in md and "| mr | 0.9 |" in md and "Produced by `python benchmarks/grid.py" in md
+    assert "done" in _status_line(first.stdout, "ml-100k/LightGCN/es/0.9/seed2020")
+
+    # a second grid over the same cells, with a method that does not exist between them;
+    # mr's report is gone (its directory stays, as if interrupted): only mr runs again
+    es_mtime = (es / "report.json").stat().st_mtime_ns
+    (mr / "report.json").unlink()
+    spec = yaml.safe_load(TINY.read_text())
+    spec["methods"] = ["es", {"label": "bogus", "method": "nosuch"}, "mr"]
+    spec.update(output_root=str(runs), results_dir=str(results))
+    bad = tmp_path / "bad" / "grid.yaml"
+    bad.parent.mkdir()
+    bad.write_text(yaml.safe_dump(spec))
+    second = _run(f"--grid={bad}")
+    assert second.returncode == 1, second.stdout + second.stderr[-3000:]
+    assert "skipped" in _status_line(second.stdout, "/es/0.9/seed2020")
+    assert "FAILED (exit 2)" in _status_line(second.stdout, "/bogus/0.9/seed2020")
+    assert "done" in _status_line(second.stdout, "/mr/0.9/seed2020")
+    assert "1 cell(s) failed" in second.stderr and "unknown method 'nosuch'" in second.stderr
+    assert (es / "report.json").stat().st_mtime_ns == es_mtime  # never rerun
+    assert (mr / "report.json").is_file()
+    rows = _csv_rows(results / "ml-100k.csv")
+    assert sorted(r["method"] for r in rows) == ["es", "mr"]
+    assert "| bogus | 0.9 | – |" in (results / "ml-100k.md").read_text()  # asked for, 0/1 finished
+
+
+def test_cell_states_and_dry_run(tmp_path):
+    spec = yaml.safe_load(TINY.read_text())
+    spec["methods"] = ["es", "bet"]
+    spec.update(output_root=str(tmp_path / "runs"))
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    g = grid.load_grid(path)
+    es, bet = grid.grid_cells(g)
+    assert [grid.cell_state(c) for c in (es, bet)] == ["new", "new"]
+    es.dir.mkdir(parents=True)
+    (es.dir / "checkpoint.pt").write_bytes(b"x")  # es never resumes: the leftover is deleted and rerun
+    bet.dir.mkdir(parents=True)
+    (bet.dir / "checkpoint.pt").write_bytes(b"x")
+    assert [grid.cell_state(c) for c in (es, bet)] == ["rerun", "resume"]
+    (bet.dir / "report.json").write_text("{}")
+    assert grid.cell_state(bet) == "done"
+    dry = _run(f"--grid={path}", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would rerun" in _status_line(dry.stdout, "/es/0.9/") and "skipped" in _status_line(dry.stdout, "/bet/0.9/")
+    assert "--method=es --sparsity=0.9 --seed=2020" in dry.stdout and "--config_files=quick --epochs=1" in dry.stdout
+    assert (es.dir / "checkpoint.pt").exists()  # a dry run touches nothing
+    only = _run(f"--grid={path}", "--dry-run", "--only=*/bet/*")
+    assert "/es/" not in only.stdout and "1 cell(s)" in only.stdout
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"methods": [{"label": "a/b", "method": "bet"}]}, "label"),
+    ({"config": {"sparsity": 0.5}}, "cannot set sparsity"),
+    ({"sparsities": [1.5]}, "strictly between"),
+    ({"colour": "red"}, "unknown key"),
+    ({"config": {"valid_metric": "a=b"}}, "cannot be passed"),
+])
+def test_bad_grid_files_are_refused(tmp_path, change, message):
+    spec = {**yaml.safe_load(TINY.read_text()), **change}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = _run(f"--grid={path}", "--dry-run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _fake_report(cell, r20, n20, seconds=10.0):
+    cell.dir.mkdir(parents=True)
+    metrics = {"recall@5": r20 / 2, "ndcg@5": n20 / 2, "recall@20": r20, "ndcg@20": n20}
+    (cell.dir / "report.json").write_text(json.dumps({
+        "realized_sparsity": cell.sparsity, "kept_params": 100, "budget_params": 100, "valid": metrics,
+        "test": metrics, "timings_s": {"pretrain": 1.0, "search": 2.0, "retrain": 3.0, "total": seconds}}))
+    (cell.dir / "cell.json").write_text(json.dumps({"wall_s": seconds + 1, "args": cell.run_args()}))
+
+
+def test_tables_from_finished_cells(tmp_path):
+    """--tables-only on hand-written reports: mean ± std, paired t-test against the best baseline, paper column."""
+    from scipy.stats import ttest_rel
+
+    spec = {"name": "fake", "datasets": ["toy"], "models": ["LightGCN"], "sparsities": [0.8, 0.9], "seeds": [1, 2, 3],
+            "methods": ["es", "mr", "bet", {"label": "bet-random", "method": "bet", "config": {"bet_selection": "random"}}],
+            "output_root": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+            "paper_source": "made-up numbers", "paper": {"toy": {"LightGCN": {"bet": {0.8: {"R@20": 0.5}}}}}}
+    path = tmp_path / "grids" / "fake.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(spec))
+    g = grid.load_grid(path)
+    rng = np.random.default_rng(0)
+    values = {}
+    for cell in grid.grid_cells(g):
+        if cell.sparsity == 0.9 and cell.seed > 1 and cell.spec.label != "es":
+            continue  # at 0.9 only seed 1 for mr/bet: no paired test there
+        base = {"es": 0.20, "mr": 0.10, "bet": 0.25, "bet-random": 0.40}[cell.spec.label]
+        r20 = base + rng.uniform(0, 0.02)
+        values[cell.spec.label, cell.sparsity, cell.seed] = r20
+        _fake_report(cell, r20, r20 / 2)
+    # a sibling grid: the same es cells (counted once) and a bet cell with other settings (shown apart)
+    sibling = {**spec, "name": "other", "methods": ["es", {"label": "bet", "method": "bet",
+                                                          "config": {"bet_iterations": 20}}], "paper": None,
+               "output_root": str(tmp_path / "runs-other")}
+    (path.parent / "other.yaml").write_text(yaml.safe_dump(sibling))
+    proc = _run(f"--grid={path}", "--tables-only")
+    assert proc.returncode == 0, proc.stderr
+    assert "shown as bet@other" in proc.stderr
+    md = (tmp_path / "results" / "toy.md").read_text()
+    rows = _csv_rows(tmp_path / "results" / "toy.csv")
+    assert len(rows) == len(values)
+    es = [values["es", 0.8, k] for k in (1, 2, 3)]
+    assert f"{np.mean(es):.4f} ± {np.std(es, ddof=1):.4f}" in md
+    bet = [values["bet", 0.8, k] for k in (1, 2, 3)]
+    p = ttest_rel(bet, es).pvalue  # the rival is es (best non-BET mean), not bet-random
+    assert f"| 0.8 | es | 3 | {np.mean(bet) - np.mean(es):+.4f} | {p:.4f} |" in md
+    assert "| 0.9 | es | 1 |" in md and "n/a" in md
+    assert "R@20 paper" in md and "0.5000" in md and "made-up numbers" in md
+    assert "| mr | 0.9 | 0.9000 |" in md and "| 1/3 |" in md
+    assert "| es | 0.8 | 0.8000 |" in md and "| 3/3 |" in md  # not 3/6: the sibling's es cells are the same
+    assert "| bet@other | 0.8 | – |" in md and "| 0/3 |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in proc.stdout
+    else:
+        assert (tmp_path / "results" / "toy.png").stat().st_size > 10_000
