@@ -10,6 +10,7 @@ import copy
 import logging
 from time import perf_counter
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 
@@ -122,3 +123,16 @@ def train_loader_with_batch_size(config, train_data, batch_size: int):
     local = copy.copy(config)
     local.final_config_dict = dict(config.final_config_dict, train_batch_size=batch_size)
     return TrainDataLoader(local, train_data._dataset, train_data._sampler, shuffle=True)
+
+
+def validation_subset(config, valid_data, fraction: float, seed: int):
+    """A full-ranking loader over a fixed random ``fraction`` of the validation users (same ranking and
+    training-item exclusion as ``valid_data``; the users are drawn once, from ``seed``)."""
+    from recbole.data.dataloader import FullSortEvalDataLoader
+
+    dataset = valid_data._dataset
+    uids = dataset.inter_feat[dataset.uid_field].numpy()
+    users = np.unique(uids)
+    keep = np.random.default_rng(seed).choice(users, size=max(1, int(round(fraction * len(users)))), replace=False)
+    subset = dataset.copy(dataset.inter_feat[torch.from_numpy(np.isin(uids, keep))])
+    return FullSortEvalDataLoader(config, subset, valid_data._sampler, shuffle=False)

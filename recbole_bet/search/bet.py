@@ -16,7 +16,8 @@ from recbole_bet.search.loop import Member, SearchLoop, iteration_seed
 from recbole_bet.search.predictor import PredictorTrainer, build_predictor
 from recbole_bet.search.pretrain import pretrained
 from recbole_bet.search.sampler import ActionSampler
-from recbole_bet.training import FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, train_loader_with_batch_size
+from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, train_loader_with_batch_size,
+                                  validation_subset)
 
 
 def quality(result: dict) -> float:
@@ -49,7 +50,8 @@ class BET(Method):
         load_plain_state_dict(ctx.model, pre_state)
         ctx.masked.set_full()
         full_valid = ctx.evaluate(ctx.valid_data)
-        full_quality = quality(full_valid)
+        fitness_data = fitness_loader(ctx)
+        full_quality = quality(full_valid if fitness_data is ctx.valid_data else ctx.evaluate(fitness_data))
         if full_quality <= 0:
             raise RuntimeError("the pretrained model scores 0 on validation; fitness ratios are undefined")
 
@@ -65,7 +67,7 @@ class BET(Method):
             load_plain_state_dict(ctx.model, pre_state)
             ctx.masked.set_sizes(sizes)
             finetuner.run(finetune_data, epochs)
-            return quality(ctx.evaluate(ctx.valid_data)) / full_quality
+            return quality(ctx.evaluate(fitness_data)) / full_quality
 
         loop = build_search(ctx, probe)
         if meta:
@@ -162,6 +164,14 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
     best = entries[best_rank]
     report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
     return report_entries, best_rank, (top[best_rank].sizes, best_weights, best["valid"])
+
+
+def fitness_loader(ctx):
+    """Validation users that fitness is scored on: all, or a fixed random ``bet_fitness_users`` fraction."""
+    fraction = ctx.config["bet_fitness_users"]
+    if fraction >= 1:
+        return ctx.valid_data
+    return validation_subset(ctx.config, ctx.valid_data, fraction, ctx.config["seed"])
 
 
 def build_search(ctx, probe) -> SearchLoop:

@@ -1,0 +1,306 @@
+"""Performance benchmark: what BET costs beyond its unavoidable training and evaluation.
+
+    python benchmarks/perf.py            # ml-100k and Gowalla (needs dataset/gowalla, see README); ~1 hour on 2 cores
+    python benchmarks/perf.py --quick    # ml-100k, plus the Gowalla-size sampler/predictor parts; a few minutes
+    python benchmarks/perf.py --device=cuda   # on a GPU (RecBole's device keys are set from it)
+
+Prints progress to stderr and ONE JSON object as the last line of stdout; writes results/perf.json and
+results/perf.md (with the machine and the command). Keys (targets for the 2-core CPU machine):
+mask_overhead_ratio (<= 1.05), sampler_s (<= 0.5), predictor_s (<= 0.2), eval_ratio (<= 1.0),
+iteration_overhead_s (<= 2), peak_rss_gb (<= 3), bet_ml100k_s (<= 600). Keys a mode could not measure are
+null and named in "skipped".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TARGETS = {"mask_overhead_ratio": 1.05, "sampler_s": 0.5, "predictor_s": 0.2, "eval_ratio": 1.0,
+           "iteration_overhead_s": 2.0, "peak_rss_gb": 3.0, "bet_ml100k_s": 600.0}
+
+
+def log(msg):
+    print(f"[perf {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def make_ctx(model: str, dataset: str, device: str, **extra):
+    from recbole_bet.config import make_config
+    from recbole_bet.pipeline import prepare
+
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cfg = {"method": "es", "show_progress": False, "use_gpu": device != "cpu", "state": "WARNING", **extra}
+        config = make_config(model, dataset, config_dict=cfg)
+    finally:
+        sys.argv = saved
+    return prepare(config)
+
+
+def stock_copy(ctx):
+    """A stock (unmasked) model with the same initial weights as the context's masked one."""
+    from recbole_bet.masking import load_plain_state_dict
+    from recbole_bet.models import build_model
+
+    model = build_model(ctx.config, ctx.train_data.dataset)
+    load_plain_state_dict(model, ctx.init_state)
+    return model
+
+
+def epoch_seconds(ctx, model, train_data) -> float:
+    from recbole.trainer import Trainer
+
+    from recbole_bet.masking import load_plain_state_dict
+
+    load_plain_state_dict(model, ctx.init_state)
+    ctx.reseed()
+    train_data.generator.manual_seed(ctx.config["seed"])
+    trainer = Trainer(ctx.config, model)
+    start = time.perf_counter()
+    trainer._train_epoch(train_data, 0, show_progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def mask_overhead(ctx, train_data, repeats: int) -> dict:
+    """Masked / stock train-epoch time, interleaved so drift hits both alike; median of repeats."""
+    from recbole_bet.budget import equal_sizes
+
+    ctx.masked.set_sizes(equal_sizes(ctx.budget))
+    stock = stock_copy(ctx)
+    times = {"stock": [], "masked": []}
+    for _ in range(repeats):
+        times["stock"].append(epoch_seconds(ctx, stock, train_data))
+        times["masked"].append(epoch_seconds(ctx, ctx.model, train_data))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"stock_epoch_s": round(med["stock"], 3), "masked_epoch_s": round(med["masked"], 3),
+            "ratio": round(med["masked"] / med["stock"], 3), "repeats": repeats}
+
+
+def eval_comparison(ctx, repeats: int) -> dict:
+    """Our validation (masked model, Scorer) vs stock RecBole Trainer.evaluate on a stock model."""
+    from recbole.trainer import Trainer
+
+    from recbole_bet.budget import equal_sizes
+
+    ctx.masked.set_sizes(equal_sizes(ctx.budget))
+    stock_trainer = Trainer(ctx.config, stock_copy(ctx))
+    ours, stock = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        stock_trainer.evaluate(ctx.valid_data, load_best_model=False)
+        stock.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ctx.evaluate(ctx.valid_data)
+        ours.append(time.perf_counter() - t)
+    return {"ours_s": round(statistics.median(ours), 3), "stock_s": round(statistics.median(stock), 3),
+            "ratio": round(statistics.median(ours) / statistics.median(stock), 3),
+            "eval_batch_size": ctx.config["eval_batch_size"]}
+
+
+def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
+    """One real BET iteration (m=100), its parts timed; overhead = total - finetuning - evaluation."""
+    from recbole_bet.masking import load_plain_state_dict
+    from recbole_bet.search import bet as bet_module
+    from recbole_bet.search.loop import iteration_seed
+    from recbole_bet.training import Finetuner, train_loader_with_batch_size
+
+    config = ctx.config
+    pre_state = ctx.init_state  # timing does not depend on the weights being pretrained
+    finetuner = Finetuner(config, ctx.model)
+    data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
+    parts = {"reset_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0}
+
+    def probe(sizes, t):
+        start = time.perf_counter()
+        ctx.reseed(iteration_seed(config["seed"], t))
+        data.generator.manual_seed(iteration_seed(config["seed"], t))
+        load_plain_state_dict(ctx.model, pre_state)
+        ctx.masked.set_sizes(sizes)
+        parts["reset_s"] += time.perf_counter() - start
+        parts["finetune_s"] += finetuner.run(data, finetune_epochs)
+        start = time.perf_counter()
+        result = ctx.evaluate(ctx.valid_data)
+        parts["eval_s"] += time.perf_counter() - start
+        return bet_module.quality(result)
+
+    loop = bet_module.build_search(ctx, probe)
+    member = loop.step(0)
+    start = time.perf_counter()
+    bet_module._save(str(tmp / "checkpoint.pt"), {}, loop, {}, {})
+    checkpoint_s = time.perf_counter() - start
+    total = member.seconds + checkpoint_s
+    return {"total_s": round(total, 3), **{k: round(v, 3) for k, v in parts.items()},
+            "checkpoint_s": round(checkpoint_s, 3), "finetune_epochs": finetune_epochs,
+            "overhead_s": round(total - parts["finetune_s"] - parts["eval_s"], 3),
+            "candidates": config["bet_candidates"]}
+
+
+def search_parts(n_users: int, n_items: int, user_freq, item_freq, repeats: int) -> dict:
+    """Sampler (m=100) and predictor (predict 100 + 2 updates on a population of 50) at table size."""
+    from recbole_bet.budget import make_budget
+    from recbole_bet.search.predictor import PredictorTrainer, build_predictor
+    from recbole_bet.search.sampler import ActionSampler
+
+    rng = np.random.default_rng(0)
+    budget = make_budget(0.9, 128, 1, n_users, n_items, 1)
+    sampler = ActionSampler(budget, user_freq, item_freq)
+    torch.manual_seed(0)
+    predictor = build_predictor("deepsets", user_freq, item_freq, 128)
+    trainer = PredictorTrainer(predictor, lr=0.01, generator=torch.Generator().manual_seed(0))
+    population = predictor.encode(sampler.sample(50, rng))
+    fitness = torch.rand(50)
+    sample_s, encode_s, predict_s = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sizes = sampler.sample(100, rng)
+        t1 = time.perf_counter()
+        encoded = predictor.encode(sizes)
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            predictor(encoded)
+        trainer.update(population, fitness)
+        t3 = time.perf_counter()
+        sample_s.append(t1 - t0)
+        encode_s.append(t2 - t1)
+        predict_s.append(t3 - t2)
+    return {"sampler_s": round(statistics.median(sample_s), 4), "encode_s": round(statistics.median(encode_s), 4),
+            "predictor_s": round(statistics.median(predict_s), 4), "groups": predictor.n_groups,
+            "all_within_budget": bool((budget.kept_params_many(sizes) <= budget.budget_params).all())}
+
+
+def gowalla_frequencies():
+    path = REPO / "dataset" / "gowalla" / "gowalla.inter"
+    if not path.is_file():
+        rng = np.random.default_rng(0)
+        return rng.zipf(1.7, 29858).clip(max=5000), rng.zipf(1.7, 40981).clip(max=5000), "zipf (no dataset/gowalla)"
+    pairs = np.loadtxt(path, skiprows=1, dtype=np.int64)
+    # a 50% per-user split halves counts on average: the shape of the distribution is what matters here
+    return (np.bincount(pairs[:, 0], minlength=29858) + 1) // 2, (np.bincount(pairs[:, 1], minlength=40981) + 1) // 2, \
+        "gowalla interactions / 2"
+
+
+def bet_end_to_end(device: str, tmp: Path) -> float:
+    cmd = [sys.executable, "run_bet.py", "--model=LightGCN", "--dataset=ml-100k", "--method=bet",
+           f"--output_dir={tmp / 'bet'}", f"--pretrain_cache_dir={tmp / 'cache'}", f"--use_gpu={device != 'cpu'}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=str(REPO / "results"))
+    args = parser.parse_args()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"recbole-bet-perf-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.chdir(REPO)
+    have_gowalla = (REPO / "dataset" / "gowalla" / "gowalla.inter").is_file()
+    gowalla_train = not args.quick and have_gowalla
+    details, skipped = {}, []
+
+    # 1. Gowalla LightGCN search iteration first, so peak RSS is that of a Gowalla search process
+    if gowalla_train:
+        log("Gowalla LightGCN: one search iteration (m=100, h=1)")
+        ctx = make_ctx("LightGCN", "gowalla", args.device, bet_finetune_epochs=1)
+        details["gowalla_lightgcn_iteration"] = search_iteration(ctx, 1, tmp)
+        details["gowalla_lightgcn_iteration"]["peak_rss_gb"] = round(peak_rss_gb(), 2)
+        log("Gowalla LightGCN: evaluation, ours vs stock")
+        details["gowalla_lightgcn_eval"] = eval_comparison(ctx, 2)
+        log("Gowalla LightGCN: train epochs, masked vs stock, batch 10000 and 2048")
+        details["gowalla_lightgcn_epoch_b10000"] = mask_overhead(ctx, ctx.train_data, 2)
+        from recbole_bet.training import train_loader_with_batch_size
+
+        details["gowalla_lightgcn_epoch_b2048"] = mask_overhead(ctx, train_loader_with_batch_size(
+            ctx.config, ctx.train_data, 2048), 1)
+        del ctx
+        for model in ("NGCF", "NeuMF"):
+            log(f"Gowalla {model}: train epochs, masked vs stock, batch 10000")
+            ctx = make_ctx(model, "gowalla", args.device)
+            details[f"gowalla_{model.lower()}_epoch_b10000"] = mask_overhead(ctx, ctx.train_data, 2)
+            del ctx
+    else:
+        skipped += ["gowalla training rows (iteration_overhead_s, peak_rss_gb and eval_ratio are from ml-100k)"]
+
+    # 2. ml-100k: mask overhead for the three models, evaluation, one iteration
+    for model in ("LightGCN", "NGCF", "NeuMF"):
+        log(f"ml-100k {model}: train epochs, masked vs stock")
+        ctx = make_ctx(model, "ml-100k", args.device)
+        details[f"ml100k_{model.lower()}_epoch"] = mask_overhead(ctx, ctx.train_data, 3 if args.quick else 5)
+        if model == "LightGCN":
+            details["ml100k_lightgcn_eval"] = eval_comparison(ctx, 5)
+            details["ml100k_lightgcn_iteration"] = search_iteration(ctx, 1, tmp)
+        del ctx
+
+    # 3. Gowalla-size search bookkeeping
+    log("Gowalla-size sampler and predictor")
+    user_freq, item_freq, source = gowalla_frequencies()
+    details["gowalla_search_parts"] = dict(search_parts(29858, 40981, user_freq, item_freq, 5), frequencies=source)
+
+    # 4. end to end
+    if args.quick:
+        skipped.append("bet_ml100k_s (end-to-end BET run, about 13 minutes)")
+        bet_s = None
+    else:
+        log("BET end to end with defaults, LightGCN on ml-100k")
+        bet_s = round(bet_end_to_end(args.device, tmp), 1)
+
+    ratios = [v["ratio"] for k, v in details.items() if k.endswith(("_epoch", "_epoch_b10000"))]
+    where = "gowalla" if gowalla_train else "ml100k"
+    result = {
+        "mask_overhead_ratio": max(ratios),
+        "sampler_s": details["gowalla_search_parts"]["sampler_s"],
+        "predictor_s": details["gowalla_search_parts"]["predictor_s"],
+        "eval_ratio": details[f"{where}_lightgcn_eval"]["ratio"],
+        "iteration_overhead_s": details[f"{where}_lightgcn_iteration"]["overhead_s"],
+        "peak_rss_gb": details["gowalla_lightgcn_iteration"]["peak_rss_gb"] if gowalla_train else None,
+        "bet_ml100k_s": bet_s,
+        "mode": "quick" if args.quick else "full", "device": args.device, "skipped": skipped,
+    }
+    if not gowalla_train:
+        skipped.append("peak_rss_gb (needs the Gowalla search iteration)")
+    write_outputs(Path(args.out), result, details, " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    print(json.dumps(result))
+
+
+def write_outputs(out: Path, result: dict, details: dict, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    name = "perf" if result["device"] == "cpu" else f"perf-{result['device']}"
+    (out / f"{name}.json").write_text(json.dumps({"result": result, "details": details}, indent=1) + "\n")
+    lines = [f"# Performance ({result['mode']} mode, {result['device']})", "",
+             f"Command: `python benchmarks/{command}` on {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+             + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "") + ".", "",
+             "| key | measured | target (2-core CPU) | met |", "|---|---|---|---|"]
+    for key, target in TARGETS.items():
+        value = result[key]
+        met = "n/a" if value is None else ("yes" if value <= target else "**no**")
+        lines.append(f"| `{key}` | {'skipped' if value is None else value} | <= {target} | {met} |")
+    if result["skipped"]:
+        lines += ["", "Skipped in this mode: " + "; ".join(result["skipped"]) + "."]
+    lines += ["", "## Details", "", "```json", json.dumps(details, indent=1), "```", ""]
+    (out / f"{name}.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
