@@ -47,6 +47,11 @@ class Budget:
         return budget_params(self.sparsity, self.d_max, self.n_users, self.n_items, self.tables_per_entity)
 
     @property
+    def dense_bytes(self) -> int:
+        """float32 size of the unmasked user/item tables."""
+        return BYTES_PER_PARAM * self.full_params
+
+    @property
     def budget_units(self) -> int:
         """Total size (sum over entities) an action may use, capped at every entity at d_max."""
         return min(self.budget_params // self.tables_per_entity, self.d_max * self.n_entities)

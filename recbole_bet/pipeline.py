@@ -160,7 +160,7 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         "search": selection.search,
         "timings_s": timings,
         "artifact": "table.npz", "artifact_bytes": None,
-        "dense_bytes": 4 * b.d_max * b.tables_per_entity * (b.n_users + b.n_items),
+        "dense_bytes": b.dense_bytes,
         "config": {},
     }
     keys = list(REPORT_CONFIG_KEYS) + sorted(k for k in config.final_config_dict if k.startswith("bet_"))

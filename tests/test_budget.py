@@ -180,3 +180,32 @@ def test_allocate_sorted_rejects_unreachable_totals():
 def test_bad_budget_keys(sparsity, d_max, d_min):
     with pytest.raises(BadInput):
         make_budget(sparsity, d_max, d_min, 10, 10, 1)
+
+
+@pytest.mark.parametrize("text,expected", [("2MB", 2_000_000), ("512KB", 512_000), ("1.5MB", 1_500_000),
+                                           ("64KiB", 65_536), ("100000", 100_000), (100000, 100_000),
+                                           ("3 mb", 3_000_000), ("1GB", 10**9)])
+def test_parse_bytes_units(text, expected):
+    from recbole_bet.budget import parse_bytes
+
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "2XB", "-5MB", "0", True, "MB"])
+def test_parse_bytes_refuses_nonsense(bad):
+    from recbole_bet.budget import parse_bytes
+
+    with pytest.raises(BadInput):
+        parse_bytes(bad)
+
+
+def test_memory_budget_turns_bytes_into_parameters():
+    from recbole_bet.budget import make_memory_budget
+
+    b = make_memory_budget("100KB", overhead_bytes=20_000, d_max=64, d_min=1, n_users=100, n_items=200,
+                           tables_per_entity=2)
+    assert b.budget_params == (100_000 - 20_000) // 4 and b.memory_budget == 100_000
+    assert b.sparsity == pytest.approx(1 - b.budget_params / b.full_params)
+    with pytest.raises(BadInput, match="smallest feasible memory_budget here is 22400 bytes"):
+        make_memory_budget(20_500, overhead_bytes=20_000, d_max=64, d_min=1, n_users=100, n_items=200,
+                           tables_per_entity=2)

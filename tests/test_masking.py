@@ -167,3 +167,19 @@ def test_equal_counts_use_module_names_and_width_must_be_d_max():
     assert torch.all(model.item_embedding.weight != 0)
     with pytest.raises(ValueError):
         masked.set_sizes(np.ones(19))
+
+
+def test_validation_subset_is_a_fixed_fraction_of_users(tmp_path):
+    from conftest import make_context
+    from recbole_bet.training import validation_subset
+
+    ctx = make_context("LightGCN", tmp_path)
+    uid = ctx.valid_data._dataset.uid_field
+    all_users = set(ctx.valid_data._dataset.inter_feat[uid].numpy())
+    half = validation_subset(ctx.config, ctx.valid_data, 0.5, seed=1)
+    again = validation_subset(ctx.config, ctx.valid_data, 0.5, seed=1)
+    users = set(half._dataset.inter_feat[uid].numpy())
+    assert users == set(again._dataset.inter_feat[uid].numpy()) and users < all_users
+    assert abs(len(users) - len(all_users) / 2) <= 1
+    result = ctx.evaluate(half)  # RecBole's evaluator runs on the subset loader
+    assert 0 <= result["recall@20"] <= 1
