@@ -34,14 +34,17 @@ def _expand(values: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
     return dense
 
 
-def save_artifact(path: str, model, masked: MaskedTables, meta: dict) -> int:
-    """Write the artifact atomically; returns its size in bytes."""
+def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: bool = False) -> int:
+    """Write the artifact atomically; returns its size in bytes. ``empty``: every size 0 (no kept value),
+    to measure the artifact's fixed part."""
     state = plain_state_dict(model)
     arrays = {}
     size_dtype = np.uint8 if masked.d_max <= 255 else np.uint16
     table_names = []
     for t in masked.tables:
         sizes = masked.row_sizes(t.entity)
+        if empty:
+            sizes = np.zeros_like(sizes)
         weight = state.pop(f"{t.name}.weight").cpu().numpy()
         arrays[f"table.{t.name}.sizes"] = sizes.astype(size_dtype)
         arrays[f"table.{t.name}.values"] = _compact(weight, sizes)
@@ -67,16 +70,8 @@ def save_artifact(path: str, model, masked: MaskedTables, meta: dict) -> int:
 def artifact_overhead_bytes(model, masked: MaskedTables, meta: dict) -> int:
     """Bytes of this model's artifact with no kept value (sizes index, other weights, metadata, zip
     headers), plus a margin for headers that grow with the shapes; each kept parameter adds 4 bytes."""
-    previous = masked.sizes
-    masked.set_sizes(np.zeros(masked.n_users + masked.n_items, dtype=np.int64))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            size = save_artifact(os.path.join(tmp, "table.npz"), model, masked, meta)
-    finally:
-        if previous is None:
-            masked.set_full()
-        else:
-            masked.set_sizes(previous)
+    with tempfile.TemporaryDirectory() as tmp:
+        size = save_artifact(os.path.join(tmp, "table.npz"), model, masked, meta, empty=True)
     # npy headers are padded to 64 bytes: a longer shape string can add 64 per values array; meta text too
     return size + 64 * (len(masked.tables) + 2)
 

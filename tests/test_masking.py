@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import make_context
 from recbole_bet.errors import BadInput
-from recbole_bet.masking import MaskedTables, find_tables
+from recbole_bet.masking import MaskedTables, find_tables, load_plain_state_dict, plain_state_dict
 
 MODELS = {"LightGCN": 1, "NGCF": 1, "NeuMF": 2}  # model -> tables_per_entity
 
@@ -36,7 +36,7 @@ def stepped(request, tmp_path_factory):
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     batch = next(iter(ctx.train_data))
-    raw = {t.name: t.module.parametrizations.weight.original for t in masked.tables}
+    raw = {t.name: t.module.weight for t in masked.tables}  # the parameter itself: no parametrization
     before = {name: p.detach().clone() for name, p in raw.items()}
     optimizer.zero_grad()
     loss = model.calculate_loss(batch)
@@ -161,9 +161,11 @@ def test_equal_counts_use_module_names_and_width_must_be_d_max():
     with pytest.raises(BadInput, match="d_max"):
         MaskedTables(model, tables, 16)
     masked = MaskedTables(model, tables, 8)
+    full_weights = plain_state_dict(model)
     masked.set_sizes(np.arange(20) % 9)
     assert torch.all(model.user_embedding.weight[3, 2:] == 0) and torch.all(model.user_embedding.weight[3, :2] != 0)
     masked.set_full()
+    load_plain_state_dict(model, full_weights)  # full width again: loaded values are no longer masked
     assert torch.all(model.item_embedding.weight != 0)
     with pytest.raises(ValueError):
         masked.set_sizes(np.ones(19))
@@ -183,3 +185,21 @@ def test_validation_subset_is_a_fixed_fraction_of_users(tmp_path):
     assert abs(len(users) - len(all_users) / 2) <= 1
     result = ctx.evaluate(half)  # RecBole's evaluator runs on the subset loader
     assert 0 <= result["recall@20"] <= 1
+
+
+def test_loading_weights_keeps_masked_entries_zero_and_overhead_measure_changes_nothing(tmp_path):
+    from recbole_bet.export import artifact_overhead_bytes
+    from recbole_bet.masking import load_plain_state_dict, plain_state_dict
+
+    ctx = make_context("NeuMF", tmp_path)
+    sizes = np.random.default_rng(0).integers(1, ctx.masked.d_max, ctx.masked.n_users + ctx.masked.n_items)
+    ctx.masked.set_sizes(sizes)
+    load_plain_state_dict(ctx.model, ctx.init_state)  # full-width values: the masked part is zeroed again
+    for t in ctx.masked.tables:
+        mask = table_mask(ctx.masked, t)
+        assert torch.all(t.module.weight[mask == 0] == 0)
+        assert torch.equal(t.module.weight[mask == 1], ctx.init_state[f"{t.name}.weight"][mask == 1])
+    before = plain_state_dict(ctx.model)
+    assert artifact_overhead_bytes(ctx.model, ctx.masked, {"model": "NeuMF"}) > 0
+    after = plain_state_dict(ctx.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
