@@ -203,3 +203,18 @@ def test_loading_weights_keeps_masked_entries_zero_and_overhead_measure_changes_
     assert artifact_overhead_bytes(ctx.model, ctx.masked, {"model": "NeuMF"}) > 0
     after = plain_state_dict(ctx.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_early_stopping_waits_for_the_warm_up(tmp_path):
+    """Patience counts only after warmup_epochs: with patience 1 a run still trains the warm-up through."""
+    from conftest import make_context
+    from recbole_bet.training import BestStateTrainer
+
+    trained = {}
+    for warmup in (0, 6):
+        ctx = make_context("LightGCN", tmp_path / str(warmup), epochs=6, stopping_step=1, warmup_epochs=warmup)
+        trainer = BestStateTrainer(ctx.config, ctx.model)
+        trainer.fit(ctx.train_data, ctx.valid_data, verbose=False)
+        trained[warmup] = len(trainer.train_loss_dict)
+    assert trained[0] < 6  # this seed's validation score dips: patience 1 stops early...
+    assert trained[6] == 6  # ...unless the warm-up holds it
