@@ -28,7 +28,6 @@ def main():
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
     from recbole_bet.config import make_config
-    from recbole_bet.masking import load_plain_state_dict
     from recbole_bet.pipeline import prepare
     from recbole_bet.search.bet import quality
     from recbole_bet.search.loop import iteration_seed
@@ -43,8 +42,7 @@ def main():
     loaders = {1.0: ctx.valid_data}
     for fraction in (0.25, 0.5):
         loaders[fraction] = validation_subset(config, ctx.valid_data, fraction, config["seed"])
-    load_plain_state_dict(ctx.model, pre_state)
-    ctx.masked.set_full()
+    ctx.masked.load(pre_state)
     full = {f: quality(ctx.evaluate(loader)) for f, loader in loaders.items()}
     sampler = ActionSampler(ctx.budget, ctx.user_freq, ctx.item_freq, beta_max=config["bet_beta_max"])
     actions = sampler.sample(args.actions, np.random.default_rng(config["seed"]))
@@ -54,8 +52,7 @@ def main():
     for t, sizes in enumerate(actions):
         ctx.reseed(iteration_seed(config["seed"], t))
         data.generator.manual_seed(iteration_seed(config["seed"], t))
-        load_plain_state_dict(ctx.model, pre_state)
-        ctx.masked.set_sizes(sizes)
+        ctx.masked.load(pre_state, sizes)
         finetuner.run(data, config["bet_finetune_epochs"])
         for f, loader in loaders.items():
             fitness[f].append(quality(ctx.evaluate(loader)) / full[f])

@@ -118,7 +118,6 @@ def eval_comparison(ctx, repeats: int) -> dict:
 
 def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
     """One real BET iteration (m=100), its parts timed; overhead = total - finetuning - evaluation."""
-    from recbole_bet.masking import load_plain_state_dict
     from recbole_bet.search import bet as bet_module
     from recbole_bet.search.loop import iteration_seed
     from recbole_bet.training import Finetuner, train_loader_with_batch_size
@@ -133,8 +132,7 @@ def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
         start = time.perf_counter()
         ctx.reseed(iteration_seed(config["seed"], t))
         data.generator.manual_seed(iteration_seed(config["seed"], t))
-        load_plain_state_dict(ctx.model, pre_state)
-        ctx.masked.set_sizes(sizes)
+        ctx.masked.load(pre_state, sizes)
         parts["reset_s"] += time.perf_counter() - start
         parts["finetune_s"] += finetuner.run(data, finetune_epochs)
         start = time.perf_counter()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recbole_bet.errors import BadInput
-from recbole_bet.masking import MaskedTables, load_plain_state_dict, plain_state_dict
+from recbole_bet.masking import MaskedTables, plain_state_dict
 
 FORMAT_VERSION = 1
 
@@ -128,9 +128,8 @@ def load_artifact(path: str, model, masked: MaskedTables, model_name: str, datas
         for key, value in arrays.items():
             if key.startswith("param."):
                 state[key[len("param."):]] = torch.from_numpy(np.array(value))
-        load_plain_state_dict(model, state)
+        sizes = np.concatenate([sizes_of["user"][1:], sizes_of["item"][1:]])
+        masked.load(state, sizes)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise BadInput(f"artifact {path} is damaged or does not fit this model ({type(exc).__name__}: {exc})") from None
-    user_sizes, item_sizes = sizes_of["user"][1:], sizes_of["item"][1:]
-    masked.set_sizes(np.concatenate([user_sizes, item_sizes]))
     return meta

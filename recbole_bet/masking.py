@@ -143,6 +143,16 @@ class MaskedTables:
                 mask.set_sizes(rows)
         self.sizes = sizes.copy()
 
+    def load(self, state: dict, sizes=None) -> None:
+        """Switch to an action and load weights for it: sizes first (None: full width), then the weights,
+        masked to those sizes. Loading first would mask the new weights with the previous action's sizes
+        and lose the values between the two."""
+        if sizes is None:
+            self.set_full()
+        else:
+            self.set_sizes(sizes)
+        load_plain_state_dict(self.model, state)
+
     def row_sizes(self, entity: str) -> np.ndarray:
         """Per-row sizes of one entity's tables, padding row (size 0) included."""
         if self.sizes is None:

@@ -19,7 +19,7 @@ from recbole_bet.budget import Budget, make_budget, make_memory_budget
 from recbole_bet.config import make_config
 from recbole_bet.errors import BadInput
 from recbole_bet.export import artifact_overhead_bytes, save_artifact
-from recbole_bet.masking import MaskedTables, find_tables, load_plain_state_dict, plain_state_dict, tables_per_entity
+from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict, tables_per_entity
 from recbole_bet.methods import get_method
 from recbole_bet.recommend import save_run_config
 from recbole_bet.search import checkpoint
@@ -70,8 +70,7 @@ class RunContext:
         """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
         start = perf_counter()
         self.reseed()
-        load_plain_state_dict(self.model, self.init_state)
-        self.masked.set_sizes(sizes)
+        self.masked.load(self.init_state, sizes)
         valid = train_to_convergence(self.config, self.model, self.train_data, self.valid_data)
         return plain_state_dict(self.model), valid, perf_counter() - start
 
@@ -206,8 +205,7 @@ def run(config, ctx: RunContext | None = None) -> dict:
         raise
     if not b.fits(selection.sizes):  # a method bug must never produce a report over budget
         raise RuntimeError(f"method {config['method']} returned sizes outside the budget")
-    load_plain_state_dict(ctx.model, selection.state)
-    ctx.masked.set_sizes(selection.sizes)
+    ctx.masked.load(selection.state, selection.sizes)
     valid = ctx.evaluate(ctx.valid_data)
     test = ctx.evaluate(ctx.test_data)
     timings = {k: float(selection.timings.get(k, 0.0)) for k in ("pretrain", "search", "retrain")}

@@ -3,11 +3,10 @@
 import json
 import math
 import os
-import re
 
 import pytest
 
-from conftest import check_refused, QUICK, run_cli
+from conftest import check_refused, run_cli
 
 TABLES_PER_ENTITY = {"LightGCN": 1, "NGCF": 1, "NeuMF": 2}
 SPEC_KEYS = {

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from recbole_bet.config import pretrain_key_items
-from recbole_bet.masking import load_plain_state_dict
 from recbole_bet.methods import Method, Selection
 from recbole_bet.search import checkpoint
 from recbole_bet.search.loop import Member, SearchLoop, iteration_seed
@@ -47,8 +46,7 @@ class BET(Method):
         timings = dict(meta.get("timings", {}))
         pre_state, _, pretrain_s = pretrained(ctx)
         timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
-        load_plain_state_dict(ctx.model, pre_state)
-        ctx.masked.set_full()
+        ctx.masked.load(pre_state)
         full_valid = ctx.evaluate(ctx.valid_data)
         fitness_data = fitness_loader(ctx)
         full_quality = quality(full_valid if fitness_data is ctx.valid_data else ctx.evaluate(fitness_data))
@@ -64,8 +62,7 @@ class BET(Method):
             """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness."""
             ctx.reseed(iteration_seed(config["seed"], t))
             finetune_data.generator.manual_seed(iteration_seed(config["seed"], t))
-            load_plain_state_dict(ctx.model, pre_state)
-            ctx.masked.set_sizes(sizes)
+            ctx.masked.load(pre_state, sizes)
             finetuner.run(finetune_data, epochs)
             return quality(ctx.evaluate(fitness_data)) / full_quality
 

@@ -17,7 +17,7 @@ from time import perf_counter
 import torch
 
 from recbole_bet.config import pretrain_key_items
-from recbole_bet.masking import load_plain_state_dict, plain_state_dict
+from recbole_bet.masking import plain_state_dict
 from recbole_bet.training import train_to_convergence
 
 
@@ -57,8 +57,7 @@ def pretrained(ctx) -> tuple[dict, dict, float]:
         return state, valid, perf_counter() - start
     logger.info("pretraining the full-width model to convergence")
     ctx.reseed()
-    load_plain_state_dict(ctx.model, ctx.init_state)
-    ctx.masked.set_full()
+    ctx.masked.load(ctx.init_state)
     valid = {k: float(v) for k, v in train_to_convergence(ctx.config, ctx.model, ctx.train_data,
                                                            ctx.valid_data).items()}
     state = plain_state_dict(ctx.model)

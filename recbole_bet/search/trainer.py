@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from recbole_bet.export import save_artifact
-from recbole_bet.masking import load_plain_state_dict
 from recbole_bet.methods import get_method
 from recbole_bet.search.bet import quality
 
@@ -31,8 +30,7 @@ class BETTrainer:
 
         self.context = context_from(self.config, self.model, train_data, valid_data)
         self.selection = get_method(self.config["method"]).select(self.context)
-        load_plain_state_dict(self.model, self.selection.state)
-        self.context.masked.set_sizes(self.selection.sizes)
+        self.context.masked.load(self.selection.state, self.selection.sizes)
         return quality(self.selection.valid), self.selection.valid
 
     @property
