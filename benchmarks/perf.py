@@ -257,7 +257,7 @@ def main():
 
     # 4. end to end
     if args.quick:
-        skipped.append("bet_ml100k_s (end-to-end BET run, about 13 minutes)")
+        skipped.append("bet_ml100k_s (end-to-end BET run, about 25 minutes, results/README.md)")
         bet_s = None
     else:
         log("BET end to end with defaults, LightGCN on ml-100k")
