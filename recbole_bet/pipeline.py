@@ -52,10 +52,6 @@ class RunContext:
     checkpoint_path: str = ""  # where a method that searches checkpoints its progress
     resume: bool = False  # continue from checkpoint_path
 
-    @property
-    def logger(self):
-        return getLogger()
-
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
 

@@ -62,11 +62,6 @@ def train_to_convergence(config, model, train_data, valid_data, verbose=True) ->
     return dict(best_valid or {})
 
 
-def evaluate(config, model, eval_data) -> dict:
-    """Full-ranking metrics of ``model`` on ``eval_data`` with RecBole's evaluator."""
-    return Scorer(config, model).evaluate(eval_data)
-
-
 def _init_eval_only(trainer, config, model) -> None:
     from recbole.evaluator import Collector, Evaluator
     from recbole.utils import WandbLogger
