@@ -17,6 +17,8 @@ from recbole_bet.errors import BadInput
 from recbole_bet.models import configure_width
 
 METHODS = ("bet", "es", "mr")
+# each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
+METHOD_KEY_PREFIXES = ("bet_", "pep_", "sseds_", "esapn_", "rule_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
@@ -170,5 +172,5 @@ def pretrain_key_items(config) -> dict:
     """The config entries that determine the pretrained model."""
     return {
         k: v for k, v in sorted(config.final_config_dict.items())
-        if k not in _NOT_PRETRAIN_KEYS and not k.startswith("bet_")
+        if k not in _NOT_PRETRAIN_KEYS and not k.startswith(METHOD_KEY_PREFIXES)
     }

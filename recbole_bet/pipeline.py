@@ -158,7 +158,8 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         "dense_bytes": b.dense_bytes,
         "config": {},
     }
-    keys = list(REPORT_CONFIG_KEYS) + sorted(k for k in config.final_config_dict if k.startswith("bet_"))
+    own = ("bet_", f"{config['method']}_")  # BET's keys, and the run's method's own keys
+    keys = list(REPORT_CONFIG_KEYS) + sorted(k for k in config.final_config_dict if k.startswith(own))
     report["config"] = {k: _jsonable(config[k]) for k in keys if k in config.final_config_dict}
     return report
 
