@@ -31,6 +31,7 @@ class Budget:
     sparsity: float
     params_cap: int | None = None  # set by a memory budget in bytes; otherwise the sparsity decides
     memory_budget: int | None = None  # the bytes asked for, when the budget came from memory_budget
+    bytes_per_param: int = 4  # artifact bytes per kept parameter (value, plus column index for element masks)
 
     @property
     def n_entities(self) -> int:
@@ -91,7 +92,7 @@ class Budget:
 
     def check_feasible(self) -> None:
         if self.memory_budget is not None and self.budget_params < self.min_params:
-            need = self.memory_budget + BYTES_PER_PARAM * (self.min_params - self.budget_params)
+            need = self.memory_budget + self.bytes_per_param * (self.min_params - self.budget_params)
             raise BadInput(
                 f"memory_budget {self.memory_budget} bytes leaves room for {max(0, self.budget_params)} parameters, "
                 f"fewer than d_min={self.d_min} for each of the {self.n_entities} users and items; the smallest "
@@ -106,6 +107,11 @@ class Budget:
 
 
 BYTES_PER_PARAM = 4  # float32 values in the artifact
+
+
+def index_bytes(d_max: int) -> int:
+    """Bytes of one kept value's column index in an element-masked artifact (uint8 up to 256 columns)."""
+    return 1 if d_max <= 256 else 2
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -133,17 +139,19 @@ def parse_bytes(value) -> int:
 
 
 def make_memory_budget(memory_budget, overhead_bytes: int, d_max, d_min, n_users: int, n_items: int,
-                       tables_per_entity: int) -> Budget:
+                       tables_per_entity: int, element_masks: bool = False) -> Budget:
     """A budget whose exported artifact (sizes index and other weights included) fits ``memory_budget``.
 
     ``overhead_bytes``: the artifact's size with no kept value (see export.artifact_overhead_bytes);
-    every kept parameter adds BYTES_PER_PARAM to it.
+    every kept parameter adds BYTES_PER_PARAM to it, and its column index with ``element_masks``.
     """
     validate_budget_keys(0.5, d_max, d_min)
     memory = parse_bytes(memory_budget)
     full = d_max * (n_users + n_items) * tables_per_entity
-    params = min(full, (memory - overhead_bytes) // BYTES_PER_PARAM)
-    budget = Budget(n_users, n_items, d_max, d_min, tables_per_entity, 1 - max(params, 0) / full, params, memory)
+    per_param = BYTES_PER_PARAM + (index_bytes(d_max) if element_masks else 0)
+    params = min(full, (memory - overhead_bytes) // per_param)
+    budget = Budget(n_users, n_items, d_max, d_min, tables_per_entity, 1 - max(params, 0) / full, params, memory,
+                    per_param)
     budget.check_feasible()
     return budget
 
@@ -276,3 +284,58 @@ def equal_sizes(budget: Budget) -> np.ndarray:
     """Every user and item gets the same size: the largest that fits the budget."""
     size = min(budget.d_max, budget.budget_units // budget.n_entities)
     return np.full(budget.n_entities, size, dtype=np.int64)
+
+
+def keep_top_entries(scores: np.ndarray, budget: Budget) -> np.ndarray:
+    """Element mask (n_entities x d_max, bool) keeping the highest-scoring entries within the budget.
+
+    Every row keeps its ``d_min`` best entries (so every user and item stays usable); the rest of the
+    budget goes to the best remaining entries of any row. The mask keeps exactly ``budget_units`` entries
+    (all of them when the budget covers the full table). Ties break towards lower rows and columns.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n, width = scores.shape
+    if (n, width) != (budget.n_entities, budget.d_max):
+        raise ValueError(f"expected scores of shape {(budget.n_entities, budget.d_max)}, got {scores.shape}")
+    order = np.argsort(-scores, axis=1, kind="stable")  # each row's entries, best first
+    keep = np.zeros((n, width), dtype=bool)
+    rows = np.arange(n)[:, None]
+    keep[rows, order[:, :budget.d_min]] = True
+    extra = budget.budget_units - n * budget.d_min
+    rest = np.take_along_axis(scores, order[:, budget.d_min:], axis=1).ravel()
+    if extra >= rest.size:
+        return np.ones((n, width), dtype=bool)
+    if extra > 0:
+        # the best `extra` remaining entries: a stable sort on (-score) keeps the tie order deterministic
+        chosen = np.argsort(-rest, kind="stable")[:extra]
+        r, c = np.divmod(chosen, width - budget.d_min)
+        keep[r, order[r, budget.d_min + c]] = True
+    return keep
+
+
+def keep_top_columns(saliency_user: np.ndarray, saliency_item: np.ndarray, budget: Budget) -> np.ndarray:
+    """Field-level pruning (SSEDS Eq. 12): one set of kept dimensions for all users, one for all items.
+
+    A user dimension costs ``n_users`` units and an item dimension ``n_items``. Each field first keeps
+    its ``d_min`` most salient dimensions; then dimensions are taken in descending saliency while they
+    fit, and one that does not fit is skipped (a cheaper, less salient one may still fit). Returns the
+    (n_entities x d_max) element mask.
+    """
+    d = budget.d_max
+    sal = np.concatenate([np.asarray(saliency_user, dtype=np.float64), np.asarray(saliency_item, dtype=np.float64)])
+    if sal.shape != (2 * d,):
+        raise ValueError(f"expected {d} saliencies per field, got {len(saliency_user)} and {len(saliency_item)}")
+    cost = np.concatenate([np.full(d, budget.n_users), np.full(d, budget.n_items)])
+    chosen = np.zeros(2 * d, dtype=bool)
+    for field in (0, 1):
+        part = np.argsort(-sal[field * d:(field + 1) * d], kind="stable")[:budget.d_min]
+        chosen[field * d + part] = True
+    left = budget.budget_units - int(cost[chosen].sum())
+    for j in np.argsort(-sal, kind="stable"):
+        if not chosen[j] and cost[j] <= left:
+            chosen[j] = True
+            left -= int(cost[j])
+    keep = np.zeros((budget.n_entities, d), dtype=bool)
+    keep[: budget.n_users, :] = chosen[:d]
+    keep[budget.n_users:, :] = chosen[d:]
+    return keep

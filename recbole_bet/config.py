@@ -16,7 +16,7 @@ from recbole_bet.budget import parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
 from recbole_bet.models import configure_width
 
-METHODS = ("bet", "es", "mr")
+METHODS = ("bet", "es", "mr", "pep", "sseds")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
 METHOD_KEY_PREFIXES = ("bet_", "pep_", "sseds_", "esapn_", "rule_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
@@ -136,6 +136,16 @@ def validate(config) -> None:
         raise BadInput(f"bet_beta_max must map distribution names to positive numbers, got {beta_max!r}")
     if set(beta_max) - {"powerlaw", "truncnorm", "truncexpon", "lognorm"}:
         raise BadInput(f"bet_beta_max keys must be among powerlaw, truncnorm, truncexpon, lognorm; got {sorted(beta_max)}")
+    if config["pep_threshold_granularity"] not in ("global", "dimension", "row"):
+        raise BadInput("pep_threshold_granularity must be 'global', 'dimension' or 'row', "
+                       f"got {config['pep_threshold_granularity']!r}")
+    value = config["pep_threshold_init"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadInput(f"pep_threshold_init must be a number (the threshold is sigmoid of it), got {value!r}")
+    if config["sseds_granularity"] not in ("field", "row"):
+        raise BadInput(f"sseds_granularity must be 'field' or 'row', got {config['sseds_granularity']!r}")
+    if config["sseds_saliency_batches"] is not None:
+        _positive_int(config, "sseds_saliency_batches")
     if config["bet_selection"] not in ("schedule", "random"):
         raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
     for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):

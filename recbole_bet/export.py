@@ -3,7 +3,9 @@
 Layout (numpy ``.npz``, no pickled objects, loadable with ``allow_pickle=False``):
 - ``meta``: a JSON string (model, dataset, d_max, n_users, n_items, tables, ...);
 - ``table.<name>.sizes``: per-row sizes, padding row (size 0) included;
-- ``table.<name>.values``: float32, the first ``size`` entries of each row, rows concatenated;
+- ``table.<name>.values``: float32, the kept entries of each row, rows concatenated;
+- ``table.<name>.index`` (element masks only: PEP, SSEDS, RULE): the column of every kept value, so a
+  row's kept entries need not be a prefix; absent for prefix masks (a row keeps its first ``size``);
 - ``param.<key>``: every other parameter/buffer of the model (GNN or MLP weights), so a fresh model
   loaded from the artifact scores exactly like the one that was evaluated.
 """
@@ -16,38 +18,48 @@ import tempfile
 import numpy as np
 import torch
 
+from recbole_bet.budget import index_bytes
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import MaskedTables, plain_state_dict
 
 FORMAT_VERSION = 1
 
 
-def _compact(weight: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    keep = np.arange(weight.shape[1])[None, :] < sizes[:, None]
-    return weight[keep].astype(np.float32)  # row-major: row by row, each row's prefix
+def _prefix(sizes: np.ndarray, width: int) -> np.ndarray:
+    return np.arange(width)[None, :] < sizes[:, None]
 
 
-def _expand(values: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
-    dense = np.zeros((len(sizes), width), dtype=np.float32)
-    keep = np.arange(width)[None, :] < sizes[:, None]
-    dense[keep] = values
+def _index_dtype(d_max: int):
+    return np.uint8 if index_bytes(d_max) == 1 else np.uint16
+
+
+def _expand(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    dense = np.zeros(keep.shape, dtype=np.float32)
+    dense[keep] = values  # row-major: row by row, each row's kept entries in column order
     return dense
 
 
-def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: bool = False) -> int:
+def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: bool = False,
+                  element_masks: bool | None = None) -> int:
     """Write the artifact atomically; returns its size in bytes. ``empty``: every size 0 (no kept value),
-    to measure the artifact's fixed part."""
+    to measure the artifact's fixed part; ``element_masks`` (default: whether ``masked`` has them) adds
+    the column index of every kept value."""
     state = plain_state_dict(model)
     arrays = {}
     size_dtype = np.uint8 if masked.d_max <= 255 else np.uint16
+    if element_masks is None:
+        element_masks = masked.keep is not None
     table_names = []
     for t in masked.tables:
         sizes = masked.row_sizes(t.entity)
+        keep = masked.row_keep(t.entity) if masked.keep is not None else _prefix(sizes, masked.d_max)
         if empty:
-            sizes = np.zeros_like(sizes)
+            sizes, keep = np.zeros_like(sizes), np.zeros_like(keep)
         weight = state.pop(f"{t.name}.weight").cpu().numpy()
         arrays[f"table.{t.name}.sizes"] = sizes.astype(size_dtype)
-        arrays[f"table.{t.name}.values"] = _compact(weight, sizes)
+        arrays[f"table.{t.name}.values"] = weight[keep].astype(np.float32)
+        if element_masks:
+            arrays[f"table.{t.name}.index"] = np.nonzero(keep)[1].astype(_index_dtype(masked.d_max))
         table_names.append({"name": t.name, "entity": t.entity, "rows": int(weight.shape[0])})
     for key, value in state.items():
         arrays[f"param.{key}"] = value.cpu().numpy()
@@ -67,13 +79,15 @@ def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: boo
     return os.path.getsize(path)
 
 
-def artifact_overhead_bytes(model, masked: MaskedTables, meta: dict) -> int:
+def artifact_overhead_bytes(model, masked: MaskedTables, meta: dict, element_masks: bool = False) -> int:
     """Bytes of this model's artifact with no kept value (sizes index, other weights, metadata, zip
-    headers), plus a margin for headers that grow with the shapes; each kept parameter adds 4 bytes."""
+    headers), plus a margin for headers that grow with the shapes; each kept parameter adds 4 bytes
+    (and its column index with ``element_masks``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        size = save_artifact(os.path.join(tmp, "table.npz"), model, masked, meta, empty=True)
-    # npy headers are padded to 64 bytes: a longer shape string can add 64 per values array; meta text too
-    return size + 64 * (len(masked.tables) + 2)
+        size = save_artifact(os.path.join(tmp, "table.npz"), model, masked, meta, empty=True,
+                             element_masks=element_masks)
+    # npy headers are padded to 64 bytes: a longer shape string can add 64 per values/index array; meta too
+    return size + 64 * ((2 if element_masks else 1) * len(masked.tables) + 2)
 
 
 def read_artifact(path: str) -> tuple[dict, dict]:
@@ -96,6 +110,17 @@ def read_artifact(path: str) -> tuple[dict, dict]:
     return meta, arrays
 
 
+def _keep_from_index(index: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
+    index = index.astype(np.int64)
+    if index.shape != (int(sizes.sum()),) or (index.size and index.max() >= width):
+        raise ValueError(f"a column index of shape {index.shape} does not match sizes summing to {int(sizes.sum())}")
+    keep = np.zeros((len(sizes), width), dtype=bool)
+    keep[np.repeat(np.arange(len(sizes)), sizes), index] = True
+    if not np.array_equal(keep.sum(axis=1), sizes):  # a repeated column within a row
+        raise ValueError("the column index repeats a column within a row")
+    return keep
+
+
 def load_artifact(path: str, model, masked: MaskedTables, model_name: str, dataset_name: str) -> dict:
     """Load sizes and weights into ``model`` (already masked); returns the artifact's meta.
 
@@ -115,21 +140,26 @@ def load_artifact(path: str, model, masked: MaskedTables, model_name: str, datas
         )
     try:  # a damaged or hand-made file must give BadInput, not a KeyError/ValueError traceback
         state = {}
-        sizes_of = {}
+        keep_of = {}
+        element_masks = any(k.endswith(".index") for k in arrays)
         for t in masked.tables:
             sizes = arrays[f"table.{t.name}.sizes"].astype(np.int64)
             if sizes.shape != (t.module.num_embeddings,) or sizes.min() < 0 or sizes.max() > masked.d_max:
                 raise ValueError(f"table {t.name} has sizes of shape {sizes.shape} outside [0, {masked.d_max}]")
-            if t.entity in sizes_of and not np.array_equal(sizes_of[t.entity], sizes):
-                raise ValueError(f"the {t.entity} tables disagree on sizes")
-            sizes_of[t.entity] = sizes
-            state[f"{t.name}.weight"] = torch.from_numpy(
-                _expand(arrays[f"table.{t.name}.values"], sizes, masked.d_max))
+            keep = _keep_from_index(arrays[f"table.{t.name}.index"], sizes, masked.d_max) if element_masks \
+                else _prefix(sizes, masked.d_max)
+            if t.entity in keep_of and not np.array_equal(keep_of[t.entity], keep):
+                raise ValueError(f"the {t.entity} tables disagree on their masks")
+            keep_of[t.entity] = keep
+            state[f"{t.name}.weight"] = torch.from_numpy(_expand(arrays[f"table.{t.name}.values"], keep))
         for key, value in arrays.items():
             if key.startswith("param."):
                 state[key[len("param."):]] = torch.from_numpy(np.array(value))
-        sizes = np.concatenate([sizes_of["user"][1:], sizes_of["item"][1:]])
-        masked.load(state, sizes)
+        keep = np.concatenate([keep_of["user"][1:], keep_of["item"][1:]])
+        if element_masks:
+            masked.load(state, keep=keep)
+        else:
+            masked.load(state, keep.sum(axis=1))
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise BadInput(f"artifact {path} is damaged or does not fit this model ({type(exc).__name__}: {exc})") from None
     return meta

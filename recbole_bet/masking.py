@@ -1,6 +1,7 @@
-"""Row-prefix masks on a stock RecBole model's user/item ``nn.Embedding`` tables.
+"""Masks on a stock RecBole model's user/item ``nn.Embedding`` tables.
 
-Row ``n`` of a table keeps its first ``size_n`` entries. Two invariants make every read of
+Row ``n`` of a table keeps its first ``size_n`` entries (a prefix: BET, ES, MR, ESAPN), or, for pruning
+methods (PEP, SSEDS, RULE), any ``size_n`` of its entries given by a boolean keep-mask. Two invariants make every read of
 ``table.weight`` -- direct (LightGCN, NGCF) or through the module (NeuMF, BPR) -- see the masked table
 ``W * M`` without touching the model's code and without multiplying the whole table on every read:
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from recbole_bet.errors import BadInput
 
-class RowPrefixMask:
+class TableMask:
     """The 0/1 mask of one table, and the gradient hook that applies it."""
 
     def __init__(self, weight: nn.Parameter):
@@ -40,6 +41,12 @@ class RowPrefixMask:
     def set_sizes(self, sizes: torch.Tensor) -> None:
         cols = torch.arange(self.mask.shape[1], device=self.mask.device)
         self.mask.copy_((cols[None, :] < sizes.to(self.mask.device)[:, None]).to(self.mask.dtype))
+        self.full = False
+        self.apply()
+
+    def set_elements(self, keep: torch.Tensor) -> None:
+        """Keep exactly the entries where ``keep`` (rows x width, bool) is true."""
+        self.mask.copy_(keep.to(self.mask.device, self.mask.dtype))
         self.full = False
         self.apply()
 
@@ -113,8 +120,9 @@ class MaskedTables:
                     "set the model's embedding width key (e.g. embedding_size) to d_max"
                 )
             if not hasattr(t.module.weight, "_bet_mask"):
-                RowPrefixMask(t.module.weight)
+                TableMask(t.module.weight)
         self.sizes = None
+        self.keep = None  # (n_users + n_items, d_max) bool for element masks; None for prefixes
         self.set_full()
 
     def _masks(self, entity):
@@ -126,6 +134,7 @@ class MaskedTables:
         for t in self.tables:
             t.module.weight._bet_mask.set_full()
         self.sizes = None
+        self.keep = None
 
     def set_sizes(self, sizes) -> None:
         """Apply one action: ``sizes`` lists users then items (no padding row); padding gets size 0.
@@ -142,16 +151,43 @@ class MaskedTables:
             for mask in self._masks(entity):
                 mask.set_sizes(rows)
         self.sizes = sizes.copy()
+        self.keep = None
 
-    def load(self, state: dict, sizes=None) -> None:
-        """Switch to an action and load weights for it: sizes first (None: full width), then the weights,
-        masked to those sizes. Loading first would mask the new weights with the previous action's sizes
-        and lose the values between the two."""
-        if sizes is None:
+    def set_elements(self, keep) -> None:
+        """Apply an element mask: ``keep`` is (n_users + n_items, d_max) bool, users then items; every
+        table of an entity keeps the same entries; the padding row keeps none. sizes become the row counts."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.n_users + self.n_items, self.d_max):
+            raise ValueError(f"expected a keep mask of shape {(self.n_users + self.n_items, self.d_max)}, got {keep.shape}")
+        pad = np.zeros((1, self.d_max), dtype=bool)
+        per_entity = {
+            "user": torch.from_numpy(np.concatenate([pad, keep[: self.n_users]])),
+            "item": torch.from_numpy(np.concatenate([pad, keep[self.n_users:]])),
+        }
+        for entity, rows in per_entity.items():
+            for mask in self._masks(entity):
+                mask.set_elements(rows)
+        self.sizes = keep.sum(axis=1).astype(np.int64)
+        self.keep = keep.copy()
+
+    def load(self, state: dict, sizes=None, keep=None) -> None:
+        """Switch to an action and load weights for it: masks first (``keep`` if given, else prefixes of
+        ``sizes``, else full width), then the weights, masked. Loading first would mask the new weights
+        with the previous action's masks and lose the values between the two."""
+        if keep is not None:
+            self.set_elements(keep)
+        elif sizes is None:
             self.set_full()
         else:
             self.set_sizes(sizes)
         load_plain_state_dict(self.model, state)
+
+    def row_keep(self, entity: str) -> np.ndarray | None:
+        """Element mask of one entity's tables, padding row included; None for prefix masks or full width."""
+        if self.keep is None:
+            return None
+        part = self.keep[: self.n_users] if entity == "user" else self.keep[self.n_users:]
+        return np.concatenate([np.zeros((1, self.d_max), dtype=bool), part])
 
     def row_sizes(self, entity: str) -> np.ndarray:
         """Per-row sizes of one entity's tables, padding row (size 0) included."""

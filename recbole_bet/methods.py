@@ -21,10 +21,12 @@ class Selection:
     valid: dict  # validation metrics of those weights
     search: dict | None = None  # method-specific summary for the report (SPEC "search")
     timings: dict = field(default_factory=dict)  # seconds: pretrain, search, retrain
+    keep: np.ndarray | None = None  # element mask (n_entities x d_max) of pruning methods; None: prefixes
 
 
 class Method(ABC):
     name = ""
+    element_masks = False  # True: rows keep any entries (Selection.keep), exported with a column index
 
     @abstractmethod
     def select(self, ctx) -> Selection:
@@ -78,4 +80,8 @@ def get_method(name: str) -> Method:
         from recbole_bet.search.bet import BET
 
         return BET()
+    if name in ("pep", "sseds"):
+        from recbole_bet.pruning import PEP, SSEDS
+
+        return {"pep": PEP, "sseds": SSEDS}[name]()
     return {"es": EqualSizes, "mr": MixedRandom}[name]()

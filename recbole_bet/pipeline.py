@@ -87,9 +87,10 @@ def context_from(config, model, train_data, valid_data, test_data=None, dataset=
     tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
     masked = MaskedTables(model, tables, config["d_max"])
     if config["memory_budget"] is not None:
-        overhead = artifact_overhead_bytes(model, masked, artifact_meta(config, None))
+        element_masks = get_method(config["method"]).element_masks  # kept values also store their column
+        overhead = artifact_overhead_bytes(model, masked, artifact_meta(config, None), element_masks)
         budget = make_memory_budget(config["memory_budget"], overhead, config["d_max"], config["d_min"],
-                                    masked.n_users, masked.n_items, tables_per_entity(tables))
+                                    masked.n_users, masked.n_items, tables_per_entity(tables), element_masks)
     else:
         budget = make_budget(config["sparsity"], config["d_max"], config["d_min"], masked.n_users, masked.n_items,
                              tables_per_entity(tables))
@@ -202,7 +203,9 @@ def run(config, ctx: RunContext | None = None) -> dict:
         raise
     if not b.fits(selection.sizes):  # a method bug must never produce a report over budget
         raise RuntimeError(f"method {config['method']} returned sizes outside the budget")
-    ctx.masked.load(selection.state, selection.sizes)
+    if selection.keep is not None and not np.array_equal(selection.keep.sum(axis=1), selection.sizes):
+        raise RuntimeError(f"method {config['method']} returned sizes that do not count its element mask")
+    ctx.masked.load(selection.state, selection.sizes, selection.keep)
     valid = ctx.evaluate(ctx.valid_data)
     test = ctx.evaluate(ctx.test_data)
     timings = {k: float(selection.timings.get(k, 0.0)) for k in ("pretrain", "search", "retrain")}

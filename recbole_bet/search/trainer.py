@@ -30,7 +30,7 @@ class BETTrainer:
 
         self.context = context_from(self.config, self.model, train_data, valid_data)
         self.selection = get_method(self.config["method"]).select(self.context)
-        self.context.masked.load(self.selection.state, self.selection.sizes)
+        self.context.masked.load(self.selection.state, self.selection.sizes, self.selection.keep)
         return quality(self.selection.valid), self.selection.valid
 
     @property
