@@ -152,6 +152,7 @@ class MaskedTables:
                 mask.set_sizes(rows)
         self.sizes = sizes.copy()
         self.keep = None
+        forget_cached_embeddings(self.model)
 
     def set_elements(self, keep) -> None:
         """Apply an element mask: ``keep`` is (n_users + n_items, d_max) bool, users then items; every
@@ -169,6 +170,7 @@ class MaskedTables:
                 mask.set_elements(rows)
         self.sizes = keep.sum(axis=1).astype(np.int64)
         self.keep = keep.copy()
+        forget_cached_embeddings(self.model)
 
     def load(self, state: dict, sizes=None, keep=None) -> None:
         """Switch to an action and load weights for it: masks first (``keep`` if given, else prefixes of
@@ -210,3 +212,16 @@ def load_plain_state_dict(model: nn.Module, state: dict) -> None:
         mask = getattr(param, "_bet_mask", None)
         if mask is not None:
             mask.apply()
+    forget_cached_embeddings(model)
+
+
+# RecBole's graph models (LightGCN, NGCF, ...) and DMF cache the embeddings they rank with on the first
+# full_sort_predict and drop the cache only in calculate_loss: after new weights or sizes, it is stale.
+CACHED_EMBEDDINGS = ("restore_user_e", "restore_item_e", "restore_entity_e", "i_embedding")
+
+
+def forget_cached_embeddings(model: nn.Module) -> None:
+    """Drop cached full-ranking embeddings so that the next ranking uses the current weights and sizes."""
+    for name in getattr(model, "other_parameter_name", ()):
+        if name in CACHED_EMBEDDINGS:
+            setattr(model, name, None)
