@@ -142,6 +142,7 @@ class MaskedTables:
             for mask in self._masks(entity):
                 mask.set_sizes(rows)
         self.sizes = sizes.copy()
+        forget_cached_embeddings(self.model)
 
     def load(self, state: dict, sizes=None) -> None:
         """Switch to an action and load weights for it: sizes first (None: full width), then the weights,
@@ -174,3 +175,16 @@ def load_plain_state_dict(model: nn.Module, state: dict) -> None:
         mask = getattr(param, "_bet_mask", None)
         if mask is not None:
             mask.apply()
+    forget_cached_embeddings(model)
+
+
+# RecBole's graph models (LightGCN, NGCF, ...) and DMF cache the embeddings they rank with on the first
+# full_sort_predict and drop the cache only in calculate_loss: after new weights or sizes, it is stale.
+CACHED_EMBEDDINGS = ("restore_user_e", "restore_item_e", "restore_entity_e", "i_embedding")
+
+
+def forget_cached_embeddings(model: nn.Module) -> None:
+    """Drop cached full-ranking embeddings so that the next ranking uses the current weights and sizes."""
+    for name in getattr(model, "other_parameter_name", ()):
+        if name in CACHED_EMBEDDINGS:
+            setattr(model, name, None)

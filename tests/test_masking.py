@@ -218,3 +218,25 @@ def test_early_stopping_waits_for_the_warm_up(tmp_path):
         trained[warmup] = len(trainer.train_loss_dict)
     assert trained[0] < 6  # this seed's validation score dips: patience 1 stops early...
     assert trained[6] == 6  # ...unless the warm-up holds it
+
+
+def test_ranking_follows_new_weights_and_sizes_not_a_stale_cache(tmp_path):
+    """LightGCN caches its propagated embeddings on the first full ranking and drops them only in
+    calculate_loss: loading other weights (a best epoch) or other sizes must not rank with the old ones."""
+    ctx = make_context("LightGCN", tmp_path)
+    model, masked = ctx.model, ctx.masked
+    users = Interaction({model.USER_ID: torch.arange(1, 6)})
+    model.eval()
+    first = model.full_sort_predict(users).clone()
+    assert model.restore_user_e is not None  # the cache this test is about
+    other = {k: torch.randn_like(v) if k.endswith("embedding.weight") else v for k, v in ctx.init_state.items()}
+    masked.load(other)
+    after_load = model.full_sort_predict(users).clone()
+    model.restore_user_e = model.restore_item_e = None
+    assert torch.equal(after_load, model.full_sort_predict(users))
+    assert not torch.allclose(first, after_load)
+    masked.set_sizes(np.full(masked.n_users + masked.n_items, 3))
+    after_resize = model.full_sort_predict(users).clone()
+    model.restore_user_e = model.restore_item_e = None
+    assert torch.equal(after_resize, model.full_sort_predict(users))
+    assert not torch.allclose(after_load, after_resize)
