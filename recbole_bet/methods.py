@@ -81,4 +81,8 @@ def get_method(name: str) -> Method:
         from recbole_bet.search.bet import BET
 
         return BET()
+    if name == "esapn":
+        from recbole_bet.esapn import ESAPN
+
+        return ESAPN()
     return {"es": EqualSizes, "mr": MixedRandom}[name]()
