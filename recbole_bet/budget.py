@@ -68,13 +68,19 @@ class Budget:
     def realized_sparsity(self, kept: int) -> float:
         return 1.0 - kept / self.full_params
 
-    def fits(self, sizes) -> bool:
+    def sizes_in_range(self, sizes) -> bool:
+        """Every size within [d_min, d_max] (what a method must respect even where the budget is not applied)."""
         sizes = np.asarray(sizes)
-        return (
-            self.kept_params(sizes) <= self.budget_params
-            and int(sizes.min()) >= self.d_min
-            and int(sizes.max()) <= self.d_max
-        )
+        return int(sizes.min()) >= self.d_min and int(sizes.max()) <= self.d_max
+
+    def fits(self, sizes) -> bool:
+        return self.kept_params(sizes) <= self.budget_params and self.sizes_in_range(sizes)
+
+    def growth_granted(self, sizes, increments) -> int:
+        """How many growth requests fit: ``increments`` (units, > 0) are requests in priority order on top of
+        ``sizes``; the longest prefix whose sum stays within ``budget_units`` is granted. Returns its length."""
+        room = self.budget_units - int(np.asarray(sizes, dtype=np.int64).sum())
+        return int(np.searchsorted(np.cumsum(np.asarray(increments, dtype=np.int64)), room, side="right"))
 
     def highest_feasible_sparsity(self) -> float:
         """The largest sparsity (4 decimals, rounded down) at which every row still gets d_min."""

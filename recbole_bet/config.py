@@ -16,7 +16,8 @@ from recbole_bet.budget import parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
 from recbole_bet.models import configure_width
 
-METHODS = ("bet", "es", "mr", "pep", "sseds")
+METHODS = ("bet", "es", "mr", "pep", "sseds", "esapn")
+ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
 METHOD_KEY_PREFIXES = ("bet_", "pep_", "sseds_", "esapn_", "rule_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
@@ -148,6 +149,8 @@ def validate(config) -> None:
         _positive_int(config, "sseds_saliency_batches")
     if config["bet_selection"] not in ("schedule", "random"):
         raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
+    if method == "esapn":
+        validate_esapn(config)
     for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):
         _positive_int(config, key)  # RecBole's Trainer would fail on these with a traceback
     for key in ("learning_rate", "bet_finetune_lr", "bet_predictor_lr"):
@@ -157,6 +160,31 @@ def validate(config) -> None:
     if not isinstance(config["dataset"], str) or "/" in config["dataset"]:
         raise BadInput(f"dataset must be a RecBole dataset name, got {config['dataset']!r}")
     check_dataset_files(config)
+
+
+def validate_esapn(config) -> None:
+    """ESAPN's keys, checked only when it runs (its default sizes need d_max >= 128, other methods' runs do not)."""
+    sizes = config["esapn_candidate_sizes"]
+    if (not isinstance(sizes, (list, tuple)) or len(sizes) < 2
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in sizes)
+            or any(b <= a for a, b in zip(sizes, sizes[1:]))):
+        raise BadInput("esapn_candidate_sizes must be at least two positive integers in increasing order, "
+                       f"e.g. [2,4,8,16,64,128]; got {sizes!r}")
+    d_min, d_max = config["d_min"], config["d_max"]
+    outside = [d for d in sizes if not d_min <= d <= d_max]
+    if outside:
+        raise BadInput(f"esapn_candidate_sizes must lie within [d_min, d_max] = [{d_min}, {d_max}]; {outside[0]} "
+                       "does not (change esapn_candidate_sizes, d_min or d_max)")
+    if config["esapn_budget"] not in ESAPN_BUDGET_MODES:
+        raise BadInput("esapn_budget must be 'cap' (enlarging stops at the budget) or 'none' (the original, "
+                       f"budget not applied), got {config['esapn_budget']!r}")
+    for key in ("esapn_batch_size", "esapn_history", "esapn_hidden", "esapn_frequency_buckets"):
+        _positive_int(config, key)
+    value = config["esapn_policy_lr"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise BadInput(f"esapn_policy_lr must be a positive number, got {value!r}")
+    if not isinstance(config["esapn_retrain"], bool):
+        raise BadInput(f"esapn_retrain must be true or false, got {config['esapn_retrain']!r}")
 
 
 def check_dataset_files(config) -> None:

@@ -1,7 +1,7 @@
 """Size-search methods behind one interface: ``select(ctx) -> Selection`` under ``ctx.budget``.
 
-Every method returns the sizes it chose (always within the budget) and the weights trained with them;
-the pipeline tests, exports and reports all methods the same way.
+Every method returns the sizes it chose (within the budget, unless the selection says the budget was not
+applied) and the weights trained with them; the pipeline tests, exports and reports all methods the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ class Selection:
     search: dict | None = None  # method-specific summary for the report (SPEC "search")
     timings: dict = field(default_factory=dict)  # seconds: pretrain, search, retrain
     keep: np.ndarray | None = None  # element mask (n_entities x d_max) of pruning methods; None: prefixes
+    # False only for a method run that by design ignores the budget (esapn_budget=none): its sizes may exceed
+    # budget_params, and the report says so instead of the run failing
+    budget_applied: bool = True
 
 
 class Method(ABC):
@@ -84,4 +87,8 @@ def get_method(name: str) -> Method:
         from recbole_bet.pruning import PEP, SSEDS
 
         return {"pep": PEP, "sseds": SSEDS}[name]()
+    if name == "esapn":
+        from recbole_bet.esapn import ESAPN
+
+        return ESAPN()
     return {"es": EqualSizes, "mr": MixedRandom}[name]()

@@ -152,6 +152,8 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         "n_users": b.n_users, "n_items": b.n_items, "tables_per_entity": b.tables_per_entity,
         "full_params": b.full_params, "budget_params": b.budget_params, "kept_params": kept,
         "realized_sparsity": b.realized_sparsity(kept),
+        # false where the method's settings ignore the budget (esapn_budget=none): kept_params may exceed it
+        "budget_applied": bool(selection.budget_applied),
         "valid": pick(valid), "test": pick(test),
         "search": selection.search,
         "timings_s": timings,
@@ -201,8 +203,10 @@ def run(config, ctx: RunContext | None = None) -> dict:
         if created:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
-    if not b.fits(selection.sizes):  # a method bug must never produce a report over budget
+    if selection.budget_applied and not b.fits(selection.sizes):  # a method bug must never produce a report over budget
         raise RuntimeError(f"method {config['method']} returned sizes outside the budget")
+    if not b.sizes_in_range(selection.sizes):
+        raise RuntimeError(f"method {config['method']} returned sizes outside [d_min, d_max]")
     if selection.keep is not None and not np.array_equal(selection.keep.sum(axis=1), selection.sizes):
         raise RuntimeError(f"method {config['method']} returned sizes that do not count its element mask")
     ctx.masked.load(selection.state, selection.sizes, selection.keep)
@@ -215,16 +219,16 @@ def run(config, ctx: RunContext | None = None) -> dict:
     report["artifact_bytes"] = save_artifact(os.path.join(output_dir, "table.npz"), ctx.model, ctx.masked, meta)
     if b.memory_budget is not None:
         report["memory_budget"] = b.memory_budget
-        if report["artifact_bytes"] > b.memory_budget:  # the overhead estimate is exact up to its margin
+        if selection.budget_applied and report["artifact_bytes"] > b.memory_budget:  # exact up to its margin
             raise RuntimeError(f"artifact is {report['artifact_bytes']} bytes, over memory_budget {b.memory_budget}")
     save_run_config(output_dir, config)
     _write_json_atomic(os.path.join(output_dir, "report.json"), report)
     if os.path.exists(ctx.checkpoint_path):  # finished: the report and artifact supersede it
         os.remove(ctx.checkpoint_path)
-    logger.info(
-        f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; "
-        f"kept {report['kept_params']} <= budget {report['budget_params']} parameters"
-    )
+    kept = (f"kept {report['kept_params']} <= budget {report['budget_params']} parameters" if selection.budget_applied
+            else f"kept {report['kept_params']} parameters, realised sparsity {report['realized_sparsity']:.4f} "
+                 f"(budget {report['budget_params']} not applied by this method's settings)")
+    logger.info(f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; {kept}")
     return report
 
 

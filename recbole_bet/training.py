@@ -135,6 +135,24 @@ def train_loader_with_batch_size(config, train_data, batch_size: int):
     return TrainDataLoader(local, train_data._dataset, train_data._sampler, shuffle=True)
 
 
+def validation_pairs_loader(config, train_data, valid_data, batch_size: int):
+    """Training-format batches over the validation split's interactions, so that the model's own loss can be
+    computed on held-out pairs: BPR models get a sampled negative per pair, point-wise models (NeuMF) a
+    labelled negative row. Negatives are drawn among the items the user has in neither training nor validation
+    (RecBole's sampler in its "valid" phase)."""
+    from recbole.data.dataloader import TrainDataLoader
+    from recbole.sampler import Sampler
+
+    args = config["train_neg_sample_args"]
+    sampler = None
+    if args is not None and args["distribution"] != "none":
+        sampler = Sampler(["train", "valid"], [train_data._dataset, valid_data._dataset], args["distribution"],
+                          args.get("alpha", 1.0)).set_phase("valid")
+    local = copy.copy(config)
+    local.final_config_dict = dict(config.final_config_dict, train_batch_size=batch_size)
+    return TrainDataLoader(local, valid_data._dataset, sampler, shuffle=True)
+
+
 def validation_subset(config, valid_data, fraction: float, seed: int):
     """A full-ranking loader over a fixed random ``fraction`` of the validation users (same ranking and
     training-item exclusion as ``valid_data``; the users are drawn once, from ``seed``)."""
