@@ -497,7 +497,9 @@ def collect(grids: list, dataset: str) -> tuple:
         row = {"dataset": dataset, "model": cell.model, "method": label, "base_method": cell.spec.method,
                "sparsity": float(cell.sparsity), "seed": cell.seed, "grid": cell.grid.name,
                "realized_sparsity": report.get("realized_sparsity"), "kept_params": report.get("kept_params"),
-               "budget_params": report.get("budget_params")}
+               "budget_params": report.get("budget_params"),
+               # false for a method run as published without a budget (esapn_budget=none)
+               "budget_applied": report.get("budget_applied", True)}
         for split in ("valid", "test"):
             for m in METRICS:
                 row[f"{split}_{m}"] = (report.get(split) or {}).get(m)
@@ -511,7 +513,7 @@ def collect(grids: list, dataset: str) -> tuple:
 
 
 CSV_COLUMNS = (["dataset", "model", "method", "base_method", "sparsity", "seed", "realized_sparsity", "kept_params",
-                "budget_params"] + [f"{s}_{m}" for s in ("valid", "test") for m in METRICS]
+                "budget_params", "budget_applied"] + [f"{s}_{m}" for s in ("valid", "test") for m in METRICS]
                + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "grid", "output_dir"])
 
 
@@ -574,20 +576,23 @@ def summarize(rows: list, expected: dict, model: str) -> tuple:
         g["seeds"] = {r["seed"]: r for r in g["rows"]}
         g["stats"] = {m: _mean_std([r[f"test_{m}"] for r in g["rows"]]) for m in METRICS}
         g["realized"] = _mean_std([r["realized_sparsity"] for r in g["rows"]])[0]
+        g["budget_applied"] = all(r["budget_applied"] for r in g["rows"])
         walls = [r["wall_s"] if r["wall_s"] is not None else r["total_s"] for r in g["rows"]]
         g["wall"] = sum(w for w in walls if w is not None) if g["rows"] else None
     return groups, sorted(sparsities), labels
 
 
 def significance(groups: dict, sparsities: list, labels: list) -> list:
-    """Per sparsity: BET (label ``bet``) against the non-BET method with the best mean test Recall@20."""
+    """Per sparsity: BET (label ``bet``) against the non-BET method with the best mean test Recall@20 among
+    those that met the budget (a method run without one keeps more parameters: no fair rival)."""
     out = []
     for s in sparsities:
         bet = groups.get(("bet", s))
         if bet is None or not bet["rows"]:
             continue
         rivals = [(groups[l, s]["stats"]["recall@20"][0], l) for l in labels
-                  if (l, s) in groups and groups[l, s]["rows"] and groups[l, s]["base"] != "bet"]
+                  if (l, s) in groups and groups[l, s]["rows"] and groups[l, s]["base"] != "bet"
+                  and groups[l, s]["budget_applied"]]
         if not rivals:
             out.append({"sparsity": s, "rival": None})
             continue
@@ -654,18 +659,21 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
         for s in sparsities:
             best = {}
             for m in METRICS:
-                means = [groups[l, s]["stats"][m][0] for l in labels if (l, s) in groups]
+                means = [groups[l, s]["stats"][m][0] for l in labels
+                         if (l, s) in groups and groups[l, s]["budget_applied"]]
                 means = [v for v in means if v is not None]
                 best[m] = max(means) if means else None
             for label in labels:
                 if (label, s) not in groups:
                     continue
                 g = groups[label, s]
-                cells = [label, f"{s:g}", "–" if g["realized"] is None else f"{g['realized']:.4f}"]
+                shown_label = label if g["budget_applied"] else f"{label} ‡"
+                cells = [shown_label, f"{s:g}", "–" if g["realized"] is None else f"{g['realized']:.4f}"]
                 for m in METRICS:
                     mean, std = g["stats"][m]
                     text = _fmt_ms(mean, std)
-                    if mean is not None and best[m] is not None and mean == best[m] and len(labels) > 1:
+                    if mean is not None and best[m] is not None and mean == best[m] and len(labels) > 1 \
+                            and g["budget_applied"]:
                         text = f"**{text}**"
                     cells.append(text)
                     if has_paper:
@@ -674,10 +682,15 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 cells += [f"{len(g['rows'])}/{g['expected']}", _fmt_wall(g["wall"])]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if any(not g["budget_applied"] for g in groups.values() if g["rows"]):
+            lines += ["‡ budget not applied (the method as published cannot target one): *realised* is the "
+                      "sparsity it reached, the sparsity column only places it; it is never bold and never the rival in "
+                      "the t-test.", ""]
         sig = significance(groups, sparsities, labels)
         if sig:
             lines += ["Paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided, test metrics): BET (label `bet`) "
-                      "against the non-BET method with the best mean test Recall@20 at that sparsity. "
+                      "against the non-BET method that met the budget with the best mean test Recall@20 at that "
+                      "sparsity. "
                       "Δ = BET mean - that method's mean.", "",
                       "| sparsity | BET vs | paired seeds | Δ R@20 | p (R@20) | Δ N@20 | p (N@20) |",
                       "|---|---|--:|--:|--:|--:|--:|"]

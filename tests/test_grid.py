@@ -125,11 +125,12 @@ def test_bad_grid_files_are_refused(tmp_path, change, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _fake_report(cell, r20, n20, seconds=10.0):
+def _fake_report(cell, r20, n20, seconds=10.0, budget_applied=True):
     cell.dir.mkdir(parents=True)
     metrics = {"recall@5": r20 / 2, "ndcg@5": n20 / 2, "recall@20": r20, "ndcg@20": n20}
     (cell.dir / "report.json").write_text(json.dumps({
         "realized_sparsity": cell.sparsity, "kept_params": 100, "budget_params": 100, "valid": metrics,
+        "budget_applied": budget_applied,
         "test": metrics, "timings_s": {"pretrain": 1.0, "search": 2.0, "retrain": 3.0, "total": seconds}}))
     (cell.dir / "cell.json").write_text(json.dumps({"wall_s": seconds + 1, "args": cell.run_args()}))
 
@@ -139,7 +140,8 @@ def test_tables_from_finished_cells(tmp_path):
     from scipy.stats import ttest_rel
 
     spec = {"name": "fake", "datasets": ["toy"], "models": ["LightGCN"], "sparsities": [0.8, 0.9], "seeds": [1, 2, 3],
-            "methods": ["es", "mr", "bet", {"label": "bet-random", "method": "bet", "config": {"bet_selection": "random"}}],
+            "methods": ["es", "mr", "bet", {"label": "bet-random", "method": "bet", "config": {"bet_selection": "random"}},
+                        {"label": "esapn-none", "method": "esapn", "config": {"esapn_budget": "none"}}],
             "output_root": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
             "paper_source": "made-up numbers", "paper": {"toy": {"LightGCN": {"bet": {0.8: {"R@20": 0.5}}}}}}
     path = tmp_path / "grids" / "fake.yaml"
@@ -151,10 +153,10 @@ def test_tables_from_finished_cells(tmp_path):
     for cell in grid.grid_cells(g):
         if cell.sparsity == 0.9 and cell.seed > 1 and cell.spec.label != "es":
             continue  # at 0.9 only seed 1 for mr/bet: no paired test there
-        base = {"es": 0.20, "mr": 0.10, "bet": 0.25, "bet-random": 0.40}[cell.spec.label]
+        base = {"es": 0.20, "mr": 0.10, "bet": 0.25, "bet-random": 0.40, "esapn-none": 0.9}[cell.spec.label]
         r20 = base + rng.uniform(0, 0.02)
         values[cell.spec.label, cell.sparsity, cell.seed] = r20
-        _fake_report(cell, r20, r20 / 2)
+        _fake_report(cell, r20, r20 / 2, budget_applied=cell.spec.label != "esapn-none")
     # a sibling grid: the same es cells (counted once) and a bet cell with other settings (shown apart)
     sibling = {**spec, "name": "other", "methods": ["es", {"label": "bet", "method": "bet",
                                                           "config": {"bet_iterations": 20}}], "paper": None,
@@ -169,9 +171,14 @@ def test_tables_from_finished_cells(tmp_path):
     es = [values["es", 0.8, k] for k in (1, 2, 3)]
     assert f"{np.mean(es):.4f} ± {np.std(es, ddof=1):.4f}" in md
     bet = [values["bet", 0.8, k] for k in (1, 2, 3)]
-    p = ttest_rel(bet, es).pvalue  # the rival is es (best non-BET mean), not bet-random
+    # the rival is es (best non-BET mean among methods that met the budget), not bet-random or esapn-none
+    p = ttest_rel(bet, es).pvalue
     assert f"| 0.8 | es | 3 | {np.mean(bet) - np.mean(es):+.4f} | {p:.4f} |" in md
     assert "| 0.9 | es | 1 |" in md and "n/a" in md
+    # a run without a budget is marked, never bold and never the rival, although its numbers are the highest
+    assert "| esapn-none ‡ | 0.8 | 0.8000 | 0." in md and "‡ budget not applied" in md
+    assert "**0.9" not in md
+    assert {r["budget_applied"] for r in rows if r["method"] == "esapn-none"} == {"False"}
     assert "R@20 paper" in md and "0.5000" in md and "made-up numbers" in md
     assert "| mr | 0.9 | 0.9000 |" in md and "| 1/3 |" in md
     assert "| es | 0.8 | 0.8000 |" in md and "| 3/3 |" in md  # not 3/6: the sibling's es cells are the same
