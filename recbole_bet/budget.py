@@ -345,3 +345,67 @@ def keep_top_columns(saliency_user: np.ndarray, saliency_item: np.ndarray, budge
     keep[: budget.n_users, :] = chosen[:d]
     keep[budget.n_users:, :] = chosen[d:]
     return keep
+
+
+# ----------------------------------------------------------------------------- RULE's embedding blocks
+# A RULE row is N blocks of width d_max / N; a group of entities shares one block selection, so a group
+# with n members and k selected blocks uses n * k * width units.
+
+def block_min_count(d_min: int, width: int) -> int:
+    """The fewest blocks an entity may keep so that its size is at least d_min."""
+    return -(-d_min // width)
+
+
+def block_units(counts, group_sizes, width: int) -> int:
+    """Units used when group g keeps ``counts[g]`` blocks for each of its ``group_sizes[g]`` members."""
+    return int(np.dot(np.asarray(counts, dtype=np.int64), np.asarray(group_sizes, dtype=np.int64))) * width
+
+
+def fit_block_counts(counts, group_sizes, width: int, budget_units: int, min_count: int, rng) -> np.ndarray:
+    """Algorithm 1, lines 8-13: while the selection is over budget, take one block from a random group
+    that has more than ``min_count``. The result always fits if every group at ``min_count`` does."""
+    counts = np.array(counts, dtype=np.int64)
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    over = block_units(counts, sizes, width) - budget_units
+    while over > 0:
+        room = np.nonzero(counts > min_count)[0]
+        if room.size == 0:
+            raise RuntimeError("fit_block_counts: even the smallest selection is over budget")
+        g = room[rng.integers(room.size)]
+        counts[g] -= 1
+        over -= int(sizes[g]) * width
+    return counts
+
+
+def highest_block_sparsity(budget: Budget, width: int, min_count: int) -> float:
+    """The largest sparsity (4 decimals, rounded down) at which every entity keeps ``min_count`` blocks."""
+    need = budget.n_entities * width * min_count * budget.tables_per_entity
+    s = min(0.9999, (math.floor((1 - need / budget.full_params) * 1e4) + 1) / 1e4)
+    while s > 0 and budget_params(s, budget.d_max, budget.n_users, budget.n_items, budget.tables_per_entity) < need:
+        s = round(s - 1e-4, 4)
+    return s
+
+
+def check_blocks_feasible(budget: Budget, n_blocks: int, min_count: int) -> None:
+    """RULE keeps whole blocks: refuse a budget that cannot give every user and item ``min_count`` of them,
+    naming the narrower blocks (a larger rule_blocks dividing d_max) or the sparsity that would fit."""
+    width = budget.d_max // n_blocks
+    need_units = budget.n_entities * width * min_count
+    if need_units <= budget.budget_units:
+        return
+    need = need_units * budget.tables_per_entity
+    fixes = []
+    for more in range(n_blocks + 1, budget.d_max + 1):
+        w = budget.d_max // more
+        if budget.d_max % more == 0 and budget.n_entities * w * block_min_count(budget.d_min, w) <= budget.budget_units:
+            fixes.append(f"rule_blocks={more} ({w}-dimension blocks)")
+            break
+    where = (f"memory_budget {budget.memory_budget} bytes" if budget.memory_budget is not None
+             else f"sparsity {budget.sparsity}")
+    if budget.memory_budget is None:
+        fixes.append(f"a sparsity of at most {highest_block_sparsity(budget, width, min_count)}")
+    raise BadInput(
+        f"{where} leaves {budget.budget_params} parameters, fewer than the {need} that RULE needs to give each of "
+        f"the {budget.n_entities} users and items {min_count} block(s) of {width} dimensions "
+        f"(rule_blocks={n_blocks}, d_max={budget.d_max}); use {' or '.join(fixes) or 'a larger memory_budget'}"
+    )

@@ -37,11 +37,15 @@ def _run_bet(argv) -> int:
     saved_argv = sys.argv  # RecBole's Config reads --key=value from sys.argv: give it exactly these options
     sys.argv = [saved_argv[0] if saved_argv else "run_bet.py", *argv]
     try:
-        report_dir = quick_start(args.model, args.dataset, config_file_list=files)["config"]["output_dir"]
+        result = quick_start(args.model, args.dataset, config_file_list=files)
     finally:
         sys.argv = saved_argv
-    print(f"report: {os.path.join(report_dir, 'report.json')}")
-    print(f"table:  {os.path.join(report_dir, 'table.npz')}")
+    for report in result.get("reports", [result]):  # one per budget for a RULE sparsity list
+        report_dir = report["config"]["output_dir"]
+        print(f"report: {os.path.join(report_dir, 'report.json')}")
+        print(f"table:  {os.path.join(report_dir, 'table.npz')}")
+    if "reports" in result:
+        print(f"reports: {os.path.join(result['config']['output_dir'], 'reports.json')}")
     return 0
 
 

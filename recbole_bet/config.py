@@ -16,7 +16,8 @@ from recbole_bet.budget import parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
 from recbole_bet.models import configure_width
 
-METHODS = ("bet", "es", "mr", "pep", "sseds", "esapn")
+METHODS = ("bet", "es", "mr", "pep", "sseds", "esapn", "rule")
+RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
 METHOD_KEY_PREFIXES = ("bet_", "pep_", "sseds_", "esapn_", "rule_")
@@ -114,13 +115,19 @@ def validate(config) -> None:
             raise BadInput("give either sparsity or memory_budget, not both (e.g. --memory_budget=2MB alone)")
         parse_bytes(config["memory_budget"])
         validate_budget_keys(0.5, config["d_max"], config["d_min"])
-    else:
-        if config["sparsity"] is None:
-            config["sparsity"] = DEFAULT_SPARSITY
-        validate_budget_keys(config["sparsity"], config["d_max"], config["d_min"])
     method = config["method"]
     if method not in METHODS:
         raise BadInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (e.g. --method=es)")
+    if config["memory_budget"] is None:
+        if config["sparsity"] is None:
+            config["sparsity"] = DEFAULT_SPARSITY
+        sparsities = config["sparsity"]
+        if isinstance(sparsities, (list, tuple)):
+            validate_sparsity_list(sparsities, method)
+        else:
+            sparsities = [sparsities]
+        for sparsity in sparsities:
+            validate_budget_keys(sparsity, config["d_max"], config["d_min"])
     for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
                 "bet_predictor_updates", "bet_predictor_batch_size"):
         _positive_int(config, key)
@@ -151,6 +158,8 @@ def validate(config) -> None:
         raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
     if method == "esapn":
         validate_esapn(config)
+    if method == "rule":
+        validate_rule(config)
     for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):
         _positive_int(config, key)  # RecBole's Trainer would fail on these with a traceback
     for key in ("learning_rate", "bet_finetune_lr", "bet_predictor_lr"):
@@ -185,6 +194,37 @@ def validate_esapn(config) -> None:
         raise BadInput(f"esapn_policy_lr must be a positive number, got {value!r}")
     if not isinstance(config["esapn_retrain"], bool):
         raise BadInput(f"esapn_retrain must be true or false, got {config['esapn_retrain']!r}")
+
+
+def validate_sparsity_list(sparsities, method: str) -> None:
+    """A list of sparsities is one RULE training specialised to each budget; other methods train per budget."""
+    shown = "[" + ",".join(str(s) for s in sparsities) + "]"
+    if method != "rule":
+        raise BadInput(f"a list of sparsities ({shown}) is only for --method=rule, whose one training serves "
+                       f"every budget; run --method={method} once per sparsity, e.g. --sparsity=0.9")
+    if not sparsities:
+        raise BadInput("the sparsity list is empty; give one or more values, e.g. --sparsity=[0.8,0.9,0.95]")
+    if len(set(sparsities)) != len(sparsities):
+        raise BadInput(f"the sparsity list {shown} repeats a value; give each sparsity once")
+
+
+def validate_rule(config) -> None:
+    """RULE's keys, checked only when it runs."""
+    for key in ("rule_blocks", "rule_groups", "rule_estimator_pairs", "rule_estimator_users", "rule_estimator_dim",
+                "rule_estimator_steps", "rule_population", "rule_sample"):
+        _positive_int(config, key)
+    _positive_int(config, "rule_cycles", minimum=0)
+    if config["d_max"] % config["rule_blocks"]:
+        raise BadInput(f"rule_blocks ({config['rule_blocks']}) must divide d_max ({config['d_max']}) into blocks of "
+                       "equal width, e.g. rule_blocks=16 for 8-dimension blocks of d_max=128")
+    if config["rule_grouping"] not in RULE_GROUPINGS:
+        raise BadInput(f"rule_grouping must be 'random' or 'popularity' (RULE-P), got {config['rule_grouping']!r}")
+    value = config["rule_lambda"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise BadInput(f"rule_lambda must be a number >= 0 (the weight of the diversity regulariser), got {value!r}")
+    value = config["rule_estimator_lr"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise BadInput(f"rule_estimator_lr must be a positive number, got {value!r}")
 
 
 def check_dataset_files(config) -> None:

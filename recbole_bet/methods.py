@@ -91,4 +91,8 @@ def get_method(name: str) -> Method:
         from recbole_bet.esapn import ESAPN
 
         return ESAPN()
+    if name == "rule":
+        from recbole_bet.rule import RULE
+
+        return RULE()
     return {"es": EqualSizes, "mr": MixedRandom}[name]()

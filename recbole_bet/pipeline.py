@@ -15,13 +15,14 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_local_time, init_logger, init_seed
 
-from recbole_bet.budget import Budget, make_budget, make_memory_budget
+from recbole_bet.budget import Budget, check_blocks_feasible, make_budget, make_memory_budget
 from recbole_bet.config import make_config
 from recbole_bet.errors import BadInput
 from recbole_bet.export import artifact_overhead_bytes, save_artifact
 from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict, tables_per_entity
 from recbole_bet.methods import get_method
 from recbole_bet.recommend import save_run_config
+from recbole_bet.rule import build_space
 from recbole_bet.search import checkpoint
 from recbole_bet.models import attach_full_sort, build_model
 from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
@@ -111,6 +112,8 @@ def prepare(config) -> RunContext:
 
 def default_output_dir(config) -> str:
     budget = config["sparsity"] if config["memory_budget"] is None else f"mem{config['memory_budget']}"
+    if isinstance(budget, (list, tuple)):  # a RULE sparsity list
+        budget = "-".join(str(s) for s in budget)
     return os.path.join("saved", f"{config['model']}-{config['dataset']}-{config['method']}-{budget}-{get_local_time()}")
 
 
@@ -174,6 +177,8 @@ def run(config, ctx: RunContext | None = None) -> dict:
     found before or during the run removes a directory this run created; an interrupted run leaves it
     for ``--resume``.
     """
+    if isinstance(config["sparsity"], (list, tuple)):
+        return run_sparsity_list(config, ctx)
     total_start = perf_counter()
     logger = getLogger()
     resume = config["resume"]
@@ -230,6 +235,55 @@ def run(config, ctx: RunContext | None = None) -> dict:
                  f"(budget {report['budget_params']} not applied by this method's settings)")
     logger.info(f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; {kept}")
     return report
+
+
+def member_dir(output_dir: str, sparsity: float) -> str:
+    return os.path.join(output_dir, f"sparsity-{sparsity}")
+
+
+def run_sparsity_list(config, ctx: RunContext | None = None) -> dict:
+    """RULE with ``sparsity`` a list: one context, one training and one set of estimator pairs (both cached,
+    so every budget after the first reuses them), one search per budget. Each budget gets the report and
+    artifact of a single run in ``<output_dir>/sparsity-<s>/``; ``<output_dir>/reports.json`` lists them.
+    Every budget is checked before anything is trained. Returns {"config": {"output_dir"}, "reports": [...]}."""
+    sparsities = [float(s) for s in config["sparsity"]]
+    if config["resume"]:
+        raise BadInput("--resume is for BET runs; run the sparsity list again (RULE reuses its cached training)")
+    output_dir = config["output_dir"] or default_output_dir(config)
+    check_writable(output_dir)
+    config["sparsity"] = sparsities[0]
+    try:
+        ctx = ctx or prepare(config)
+        budgets = {s: make_budget(s, config["d_max"], config["d_min"], ctx.masked.n_users, ctx.masked.n_items,
+                                  ctx.budget.tables_per_entity) for s in sparsities}
+        space = build_space(ctx)
+        for b in budgets.values():
+            check_blocks_feasible(b, space.n_blocks, space.min_count)
+    finally:
+        config["sparsity"] = sparsities
+    created = not os.path.exists(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    reports, listing = [], []
+    try:
+        for s in sparsities:
+            config["sparsity"], config["output_dir"] = s, member_dir(output_dir, s)
+            ctx.budget = budgets[s]
+            report = run(config, ctx)
+            reports.append(report)
+            listing.append({"sparsity": s, "report": os.path.relpath(member_dir(output_dir, s), output_dir) +
+                            "/report.json", "table": os.path.relpath(member_dir(output_dir, s), output_dir) +
+                            "/table.npz", "budget_params": report["budget_params"],
+                            "kept_params": report["kept_params"], "test": report["test"],
+                            "timings_s": report["timings_s"]})
+    except BadInput:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    finally:
+        config["sparsity"], config["output_dir"] = sparsities, output_dir
+    _write_json_atomic(os.path.join(output_dir, "reports.json"),
+                       {"method": config["method"], "sparsities": sparsities, "reports": listing})
+    return {"config": {"output_dir": output_dir}, "reports": reports}
 
 
 def quick_start(model: str, dataset: str, config_file_list=None, config_dict=None) -> dict:

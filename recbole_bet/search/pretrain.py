@@ -21,10 +21,13 @@ from recbole_bet.masking import plain_state_dict
 from recbole_bet.training import train_to_convergence
 
 
-def cache_path(config) -> str:
-    items = json.dumps(pretrain_key_items(config), sort_keys=True, default=str)
+def cache_path(config, variant: str = "", suffix: str = ".pt") -> str:
+    """Cache file of the pretraining config; ``variant`` names another training of the same model and data
+    (RULE's training with its regulariser, or RULE's estimator pairs) so it gets a key of its own."""
+    items = json.dumps(pretrain_key_items(config), sort_keys=True, default=str) + variant
     digest = hashlib.sha1(items.encode()).hexdigest()[:16]
-    name = f"{config['model']}-{config['dataset']}-seed{config['seed']}-{digest}.pt"
+    tag = f"-{variant.split(':')[0]}" if variant else ""
+    name = f"{config['model']}-{config['dataset']}-seed{config['seed']}{tag}-{digest}{suffix}"
     return os.path.join(config["pretrain_cache_dir"], name)
 
 
@@ -45,10 +48,13 @@ def _save(path: str, state: dict, valid: dict) -> None:
     os.replace(tmp, path)
 
 
-def pretrained(ctx) -> tuple[dict, dict, float]:
-    """(stock-layout weights, validation metrics, seconds spent) of the full-width model."""
+def pretrained(ctx, variant: str = "", train=None) -> tuple[dict, dict, float]:
+    """(stock-layout weights, validation metrics, seconds spent) of the full-width model.
+
+    ``train(ctx) -> valid`` replaces plain training to convergence (it leaves the trained weights in
+    ``ctx.model``); such a training must come with its own ``variant`` so the two never share a file."""
     start = perf_counter()
-    path = cache_path(ctx.config)
+    path = cache_path(ctx.config, variant)
     logger = getLogger()
     cached = _load(path) if os.path.isfile(path) else None
     if cached is not None:
@@ -58,8 +64,9 @@ def pretrained(ctx) -> tuple[dict, dict, float]:
     logger.info("pretraining the full-width model to convergence")
     ctx.reseed()
     ctx.masked.load(ctx.init_state)
-    valid = {k: float(v) for k, v in train_to_convergence(ctx.config, ctx.model, ctx.train_data,
-                                                           ctx.valid_data).items()}
+    result = train(ctx) if train is not None else train_to_convergence(ctx.config, ctx.model, ctx.train_data,
+                                                                       ctx.valid_data)
+    valid = {k: float(v) for k, v in result.items()}
     state = plain_state_dict(ctx.model)
     try:
         _save(path, state, valid)
