@@ -214,9 +214,11 @@ def validate_rule(config) -> None:
                 "rule_estimator_steps", "rule_population", "rule_sample"):
         _positive_int(config, key)
     _positive_int(config, "rule_cycles", minimum=0)
-    if config["d_max"] % config["rule_blocks"]:
-        raise BadInput(f"rule_blocks ({config['rule_blocks']}) must divide d_max ({config['d_max']}) into blocks of "
-                       "equal width, e.g. rule_blocks=16 for 8-dimension blocks of d_max=128")
+    d_max, n_blocks = config["d_max"], config["rule_blocks"]
+    if d_max % n_blocks:
+        example = max(k for k in range(1, min(n_blocks, d_max) + 1) if d_max % k == 0)  # nearest divisor below
+        raise BadInput(f"rule_blocks ({n_blocks}) must divide d_max ({d_max}) into blocks of equal width, e.g. "
+                       f"rule_blocks={example} for {d_max // example}-dimension blocks")
     if config["rule_grouping"] not in RULE_GROUPINGS:
         raise BadInput(f"rule_grouping must be 'random' or 'popularity' (RULE-P), got {config['rule_grouping']!r}")
     value = config["rule_lambda"]
