@@ -11,7 +11,8 @@ failures are listed at the end (with the tail of their stderr) and the exit stat
 
 Tables: ``<results_dir>/<dataset>.csv``, ``.md`` and ``.png`` (default results_dir ``results``), built
 from every grid YAML in the same folder as --grid that lists the dataset and writes its tables to the same
-results_dir. See docs/reproduction.md.
+results_dir. A listed cell whose run folder is gone keeps its row from the <dataset>.csv already there (run
+folders are not in git; the CSV is). See docs/reproduction.md.
 """
 from __future__ import annotations
 
@@ -462,10 +463,40 @@ def _load_json(path: Path):
         return None
 
 
-def collect(grids: list, dataset: str) -> tuple:
+def _typed(row: dict) -> dict:
+    """A row read back from a results CSV, with the types collect() gives its own rows."""
+    out = {}
+    for k in CSV_COLUMNS:
+        v = row.get(k, "")
+        if v == "" or v is None:
+            out[k] = None
+        elif k in ("budget_applied", "resumed"):
+            out[k] = v == "True"
+        elif k in ("seed", "kept_params", "budget_params"):
+            out[k] = int(float(v))
+        elif k in ("dataset", "model", "method", "base_method", "grid", "output_dir"):
+            out[k] = v
+        else:
+            out[k] = float(v)
+    return out
+
+
+def previous_rows(path: Path) -> dict:
+    """Rows of an earlier <dataset>.csv by output_dir: the durable record of cells whose run folders are gone
+    (results/runs is not in git, so a fresh clone or a cleaned disk has none of them)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {r["output_dir"]: _typed(r) for r in csv.DictReader(fh) if r.get("output_dir")}
+
+
+def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
     """(rows, expected) for one dataset: a row per finished cell; expected[(model, label, sparsity)] =
     {"n": cells the grids ask for, "base": the method}. A cell listed by two grids with the same arguments
-    counts once (the copy that finished); with other arguments the later grid's label becomes ``label@grid``."""
+    counts once (the copy that finished); with other arguments the later grid's label becomes ``label@grid``.
+    A cell without a report but with a row in ``previous`` (the earlier CSV, by output folder) keeps that row,
+    marked ``carried``."""
+    previous = previous or {}
     chosen = {}  # (dataset, model, label, sparsity, seed) -> (cell, label), in grid order
     for grid in grids:
         if dataset not in grid.datasets:
@@ -491,6 +522,9 @@ def collect(grids: list, dataset: str) -> tuple:
         group["n"] += 1
         report = _load_json(cell.report_path)
         if report is None:
+            kept = previous.get(cell.dir_arg)
+            if kept is not None and kept["method"] == label and kept["seed"] == cell.seed:
+                rows.append({**kept, "carried": True})
             continue
         info = _load_json(cell.dir / "cell.json") or {}
         timings = report.get("timings_s") or {}
@@ -706,6 +740,10 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 lines += ["n/a: fewer than 2 seeds finished for both methods (or all paired differences equal).", ""]
     if sources:
         lines += ["Paper columns: " + "; ".join(sources) + ".", ""]
+    carried = sum(1 for r in rows if r.get("carried"))
+    if carried:
+        lines += [f"{carried} of the finished cells have no run folder here: their rows are kept from the previous "
+                  f"`{dataset}.csv` (delete a row there to drop it).", ""]
     missing = _n_asked(expected) - len(rows)
     lines += [f"{len(rows)} of {_n_asked(expected)} cells finished" + (f"; {missing} missing or failed." if missing
                                                                            else "."), ""]
@@ -777,8 +815,8 @@ def build_tables(grid: Grid, command: str) -> list:
     grid.results_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for dataset in grid.datasets:
-        rows, expected = collect(grids, dataset)
         base = grid.results_dir / dataset
+        rows, expected = collect(grids, dataset, previous_rows(base.with_suffix(".csv")))
         write_csv(base.with_suffix(".csv"), rows)
         write_markdown(base.with_suffix(".md"), dataset, grids, rows, expected, command)
         written += [base.with_suffix(".csv"), base.with_suffix(".md")]

@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,15 @@ def test_tables_from_finished_cells(tmp_path):
     assert "| mr | 0.9 | 0.9000 |" in md and "| 1/3 |" in md
     assert "| es | 0.8 | 0.8000 |" in md and "| 3/3 |" in md  # not 3/6: the sibling's es cells are the same
     assert "| bet@other | 0.8 | – |" in md and "| 0/3 |" in md
+    # run folders are not in git: with one gone, its row is kept from the CSV the last build wrote
+    gone = next(c for c in grid.grid_cells(g) if c.spec.label == "es" and c.sparsity == 0.8 and c.seed == 2)
+    shutil.rmtree(gone.dir)
+    proc = _run(f"--grid={path}", "--tables-only")
+    assert proc.returncode == 0, proc.stderr
+    assert _csv_rows(tmp_path / "results" / "toy.csv") == rows
+    md2 = (tmp_path / "results" / "toy.md").read_text()
+    assert "1 of the finished cells have no run folder here" in md2
+    assert f"{np.mean(es):.4f} ± {np.std(es, ddof=1):.4f}" in md2 and f"{p:.4f} |" in md2
     try:
         import matplotlib  # noqa: F401
     except ImportError:
