@@ -1,6 +1,7 @@
 """Performance benchmark: what BET costs beyond its unavoidable training and evaluation.
 
     python benchmarks/perf.py            # ml-100k and Gowalla (needs dataset/gowalla, see README); ~1 hour on 2 cores
+    python benchmarks/perf.py --skip-end-to-end   # the same without the end-to-end BET run (about 25 minutes less)
     python benchmarks/perf.py --quick    # ml-100k, plus the Gowalla-size sampler/predictor parts; a few minutes
     python benchmarks/perf.py --device=cuda   # on a GPU (RecBole's device keys are set from it)
 
@@ -13,9 +14,12 @@ null and named in "skipped".
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import resource
 import statistics
 import subprocess
@@ -146,10 +150,27 @@ def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
     bet_module._save(str(tmp / "checkpoint.pt"), {}, loop, {}, {})
     checkpoint_s = time.perf_counter() - start
     total = member.seconds + checkpoint_s
-    return {"total_s": round(total, 3), **{k: round(v, 3) for k, v in parts.items()},
-            "checkpoint_s": round(checkpoint_s, 3), "finetune_epochs": finetune_epochs,
-            "overhead_s": round(total - parts["finetune_s"] - parts["eval_s"], 3),
-            "candidates": config["bet_candidates"]}
+    timed = {"total_s": round(total, 3), **{k: round(v, 3) for k, v in parts.items()},
+             "checkpoint_s": round(checkpoint_s, 3), "finetune_epochs": finetune_epochs,
+             "overhead_s": round(total - parts["finetune_s"] - parts["eval_s"], 3),
+             "candidates": config["bet_candidates"]}
+    # a second iteration under cProfile: where the time goes, without the profiler inflating the timed one
+    profiler = cProfile.Profile()
+    profiler.enable()
+    loop.step(1)
+    profiler.disable()
+    timed["profile_top"] = profile_summary(profiler, 8)
+    return timed
+
+
+def profile_summary(profiler: cProfile.Profile, top: int) -> list:
+    """The functions with the most own time (tottime), as "file:line(function)" with own and cumulative seconds."""
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (path, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():
+        where = f"{Path(path).name}:{line}({name})" if line else name
+        rows.append({"function": where, "calls": calls, "own_s": round(tottime, 3), "cum_s": round(cumtime, 3)})
+    return sorted(rows, key=lambda r: -r["own_s"])[:top]
 
 
 def search_parts(n_users: int, n_items: int, user_freq, item_freq, repeats: int) -> dict:
@@ -207,6 +228,8 @@ def bet_end_to_end(device: str, tmp: Path) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-end-to-end", action="store_true",
+                        help="full mode without the end-to-end BET run (bet_ml100k_s, about 25 minutes on 2 cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=str(REPO / "results"))
     args = parser.parse_args()
@@ -256,7 +279,7 @@ def main():
     details["gowalla_search_parts"] = dict(search_parts(29858, 40981, user_freq, item_freq, 5), frequencies=source)
 
     # 4. end to end
-    if args.quick:
+    if args.quick or args.skip_end_to_end:
         skipped.append("bet_ml100k_s (end-to-end BET run, about 25 minutes, results/README.md)")
         bet_s = None
     else:
@@ -281,6 +304,23 @@ def main():
     print(json.dumps(result))
 
 
+def profile_lines(details: dict) -> list:
+    """perf.md's profile section: each search iteration's parts, then its profiled functions by own time."""
+    lines = []
+    for key, it in details.items():
+        if not key.endswith("_iteration"):
+            continue
+        lines += ["", f"## Profile: one search iteration, {key.rsplit('_', 1)[0].replace('_', ' ')}", "",
+                  f"m={it['candidates']} candidates, {it['finetune_epochs']} finetuning epoch(s). Parts of the timed "
+                  f"iteration: total {it['total_s']} s = finetuning {it['finetune_s']} s + evaluation {it['eval_s']} s"
+                  f" + reset {it['reset_s']} s + checkpoint {it['checkpoint_s']} s + the rest (sampling, encoding, "
+                  f"predicting, predictor updates); overhead (total - finetuning - evaluation) {it['overhead_s']} s.",
+                  "", "A second iteration under cProfile, functions by own time:", "",
+                  "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+        lines += [f"| `{r['function']}` | {r['calls']} | {r['own_s']} | {r['cum_s']} |" for r in it.get("profile_top", [])]
+    return lines
+
+
 def write_outputs(out: Path, result: dict, details: dict, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "perf" if result["device"] == "cpu" else f"perf-{result['device']}"
@@ -296,7 +336,9 @@ def write_outputs(out: Path, result: dict, details: dict, command: str) -> None:
         lines.append(f"| `{key}` | {'skipped' if value is None else value} | <= {target} | {met} |")
     if result["skipped"]:
         lines += ["", "Skipped in this mode: " + "; ".join(result["skipped"]) + "."]
-    lines += ["", "## Details", "", "```json", json.dumps(details, indent=1), "```", ""]
+    lines += profile_lines(details)
+    shown = {k: {kk: vv for kk, vv in v.items() if kk != "profile_top"} for k, v in details.items()}
+    lines += ["", "## Details", "", "```json", json.dumps(shown, indent=1), "```", ""]
     (out / f"{name}.md").write_text("\n".join(lines))
 
 

@@ -1,8 +1,15 @@
 """Shared fixtures: in-process run contexts and cached end-to-end CLI runs (each trained once per session)."""
 
+import atexit
+import json
+import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,11 +31,65 @@ def make_context(model: str, tmp_dir, **config):
         return prepare(make_config(model, "ml-100k", config_file_list=["quick"], config_dict=config))
 
 
+class _ForkServer:
+    """Client of tests/fork_server.py: one server per test session, started on first use."""
+
+    def __init__(self):
+        self.proc = None
+        self.buffer = b""
+
+    def run(self, argv: list, timeout: float) -> subprocess.CompletedProcess:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, "tests/fork_server.py"], cwd=REPO, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1)
+            self.buffer = b""
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            self.proc.stdin.write(json.dumps({"argv": argv, "stdout": str(out), "stderr": str(err)}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._read(None)["pid"]
+            try:
+                code = self._read(timeout)["returncode"]
+            except subprocess.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+                self._read(None)
+                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, out.read_text(), err.read_text())
+            return subprocess.CompletedProcess([sys.executable, *argv], code, out.read_text(), err.read_text())
+
+    def _read(self, timeout):
+        """The next reply line; raw reads, so a reply already buffered is never missed by select."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                raise subprocess.TimeoutExpired("fork server", timeout)
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, "the fork server died (tests/fork_server.py)"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+_FORK_SERVER = _ForkServer()
+atexit.register(_FORK_SERVER.close)
+
+
+def run_python(*argv, timeout=900):
+    """``python ARGV`` from the repository root, as a process of its own, forked from a server that has
+    already imported the CLI (tests/fork_server.py): the same entry points, exit codes and output streams,
+    without 4 s of start-up per command. Killed by a signal: returncode is minus the signal, as subprocess."""
+    return _FORK_SERVER.run([str(a) for a in argv], timeout)
+
+
 def run_cli(*args, timeout=900, module=False):
     """``python run_bet.py ARGS`` (or ``python -m recbole_bet ARGS``) from the repository root."""
     entry = ["-m", "recbole_bet"] if module else ["run_bet.py"]
-    return subprocess.run([sys.executable, *entry, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_python(*entry, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

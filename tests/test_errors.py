@@ -1,13 +1,11 @@
 """Every bad input of docs/errors.md: exit 2, exactly the documented error line, no traceback, no output."""
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import check_refused
+from conftest import check_refused, run_python
 from error_fixtures import make_error_fixtures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +35,7 @@ def fixtures(tmp_path_factory, cli_run):
 @pytest.mark.parametrize("number,what,command,message", ROWS, ids=[r[1] for r in ROWS])
 def test_bad_input_gives_the_documented_error(fixtures, number, what, command, message):
     args = [a.replace("<TMP>", str(fixtures)) for a in shlex.split(command)]
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_python(*args, timeout=300)
     check_refused(proc, fixtures / "out", "")  # exit 2, one last error line, no traceback, no output dir
     error = proc.stderr.strip().splitlines()[-1]
     assert error.replace(str(fixtures), "<TMP>") == message

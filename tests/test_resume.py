@@ -1,11 +1,11 @@
 """A BET run killed with SIGKILL at several moments and resumed gives the uninterrupted report."""
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--model=LightGCN", "--dataset=ml-100k", "--config_files=quick", "--epochs=2", "--bet_iterations=5",
@@ -29,7 +29,7 @@ def _comparable(report):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    done = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, "ref")], cwd=REPO, capture_output=True, text=True)
+    done = run_python("run_bet.py", *_args(tmp, "ref"))
     assert done.returncode == 0, done.stderr[-2000:]
     return tmp, json.loads((tmp / "ref" / "report.json").read_text())
 
@@ -38,12 +38,10 @@ def reference(tmp_path_factory):
 def test_killed_and_resumed_run_matches_uninterrupted(reference, event, nth):
     tmp, expected = reference
     out = f"killed-{event}"
-    killed = subprocess.run([sys.executable, "tests/kill_runner.py", event, str(nth), *_args(tmp, out)],
-                            cwd=REPO, capture_output=True, text=True)
+    killed = run_python("tests/kill_runner.py", event, str(nth), *_args(tmp, out))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp / out / "report.json").exists()
-    resumed = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, out), f"--resume={tmp / out}"],
-                             cwd=REPO, capture_output=True, text=True)
+    resumed = run_python("run_bet.py", *_args(tmp, out), f"--resume={tmp / out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = json.loads((tmp / out / "report.json").read_text())
     assert _comparable(got) == _comparable(expected)
@@ -53,11 +51,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference, event, nth):
 def test_resume_refuses_another_configuration(reference):
     tmp, _ = reference
     out = "other"
-    killed = subprocess.run([sys.executable, "tests/kill_runner.py", "finetune", "2", *_args(tmp, out)],
-                            cwd=REPO, capture_output=True, text=True)
+    killed = run_python("tests/kill_runner.py", "finetune", "2", *_args(tmp, out))
     assert killed.returncode == -signal.SIGKILL
-    refused = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, out), "--sparsity=0.8", f"--resume={tmp / out}"],
-                             cwd=REPO, capture_output=True, text=True)
+    refused = run_python("run_bet.py", *_args(tmp, out), "--sparsity=0.8", f"--resume={tmp / out}")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("error: cannot resume")
     assert "sparsity" in refused.stderr and "Traceback" not in refused.stderr
@@ -69,7 +65,6 @@ def test_truncated_checkpoint_is_refused_clearly(reference, tmp_path):
     out = tmp_path / "trunc"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
-    refused = subprocess.run([sys.executable, "run_bet.py", *_args(tmp, "unused"), f"--resume={out}"],
-                             cwd=REPO, capture_output=True, text=True)
+    refused = run_python("run_bet.py", *_args(tmp, "unused"), f"--resume={out}")
     assert refused.returncode == 2
     assert "checkpoint" in refused.stderr.strip().splitlines()[-1] and "Traceback" not in refused.stderr
