@@ -30,7 +30,9 @@ def child(argv: list, stdout: str, stderr: str) -> None:
     """Become ``python *argv``: redirect the standard streams, run the script or module as __main__, exit."""
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        os.dup2(os.open(path, flags, 0o644), fd)
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
     code = 1
     try:
         if argv[0] == "-m":

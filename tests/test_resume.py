@@ -1,13 +1,11 @@
 """A BET run killed with SIGKILL at several moments and resumed gives the uninterrupted report."""
 import json
 import signal
-from pathlib import Path
 
 import pytest
 
 from conftest import run_python
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--model=LightGCN", "--dataset=ml-100k", "--config_files=quick", "--epochs=2", "--bet_iterations=5",
         "--bet_retrain_top_k=2", "--bet_candidates=6"]
 
