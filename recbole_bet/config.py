@@ -128,6 +128,8 @@ def validate(config) -> None:
             sparsities = [sparsities]
         for sparsity in sparsities:
             validate_budget_keys(sparsity, config["d_max"], config["d_min"])
+    if not isinstance(config["fused_adam"], bool):
+        raise BadInput(f"fused_adam must be true or false, got {config['fused_adam']!r}")
     for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
                 "bet_predictor_updates", "bet_predictor_batch_size"):
         _positive_int(config, key)

@@ -32,7 +32,7 @@ from recbole_bet.budget import Budget
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import plain_state_dict
 from recbole_bet.methods import Method, Selection
-from recbole_bet.training import REPORT_METRICS, pick, train_loader_with_batch_size, validation_pairs_loader
+from recbole_bet.training import REPORT_METRICS, adam, pick, train_loader_with_batch_size, validation_pairs_loader
 
 KEEP, ENLARGE = 0, 1
 FREQUENCY_DIM = 32  # width of the frequency embedding in the authors' code
@@ -331,8 +331,7 @@ class SizeSearch:
                          for kind in ("user", "item")}
         self.policy_optimizers = {kind: torch.optim.Adam(p.parameters(), lr=settings.policy_lr)
                                   for kind, p in self.policies.items()}
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"],
-                                          weight_decay=config["weight_decay"] or 0.0)
+        self.optimizer = adam(self.model.parameters(), config["learning_rate"], config["weight_decay"] or 0.0, config)
         self.warm_start = WarmStart(self.masked, ctx.init_state, self.sizes)
         self.losses = PerSampleLosses(self.model)
         self.generator = torch.Generator().manual_seed(config["seed"])

@@ -7,9 +7,24 @@ methods (PEP, SSEDS, RULE), any ``size_n`` of its entries given by a boolean kee
 
 1. masked entries of the weight are exactly 0: ``set_sizes`` and every load through
    ``load_plain_state_dict`` zero them;
-2. masked entries get exactly 0 gradient: a hook on the parameter multiplies its gradient by ``M``.
-   With zero gradient and fresh optimiser state, Adam, SGD, Adagrad and RMSprop never move them
-   (weight decay of 0 is 0).
+2. masked entries get exactly 0 gradient, so that with fresh optimiser state Adam, SGD, Adagrad and
+   RMSprop never move them (weight decay of 0 is 0).
+
+Invariant 2 is kept in one of two ways per table, chosen by watching the first training steps:
+
+- ``lookup``: the table is only read through its module (``embedding(ids)``, NeuMF, BPR). A forward hook
+  multiplies each looked-up row by its mask row, so autograd itself gives masked entries no gradient, at
+  a cost proportional to the batch. Multiplying the whole table's gradient instead costs a pass over
+  every table per optimiser step, as much as a sixth of Adam's own work: NeuMF epochs on Gowalla were
+  1.63x the stock time that way (results/perf.md of that run).
+- ``direct``: ``.weight`` is also read directly with gradients on (LightGCN, NGCF propagate the whole
+  table). A gradient hook multiplies the table's gradient by ``M``; next to the graph propagation that
+  pass is small.
+
+Every table starts ``auto``: forward hook on, and for the first ``VERIFY_STEPS`` backward passes after each
+mask change the gradient hook checks that the gradient on masked entries is exactly zero (and masks it
+anyway). Any gradient there, or a backward pass with no lookup through the module, means a direct
+read, and the table is ``direct`` from then on; ``lookup`` after the checks pass.
 
 (A ``torch.nn.utils.parametrize`` mask computes ``W * M`` for the whole table on every read and its
 gradient on every backward: 9% slower NeuMF epochs on ml-100k, benchmarks/perf.py. ``torch.nn.utils.prune``
@@ -25,30 +40,65 @@ import torch
 from torch import nn
 from recbole_bet.errors import BadInput
 
-class TableMask:
-    """The 0/1 mask of one table, and the gradient hook that applies it."""
+# Backward passes checked after each mask change before a table read only through its module is trusted
+# to need no gradient masking.
+VERIFY_STEPS = 3
 
-    def __init__(self, weight: nn.Parameter):
+
+class TableMask:
+    """The 0/1 mask of one table, and the hooks that apply it (see the module docstring)."""
+
+    def __init__(self, weight: nn.Parameter, module: nn.Embedding | None = None):
         self.weight = weight
         self.mask = torch.ones_like(weight, requires_grad=False)
-        self.full = True  # every entry kept: the hook and zeroing can be skipped
+        self.full = True  # every entry kept: the hooks and zeroing can be skipped
+        self.mode = "auto" if module is not None else "direct"
+        self._to_verify = VERIFY_STEPS
+        self._lookups = 0  # module forwards with gradients on since the last backward
         weight.register_hook(self._mask_grad)
+        if module is not None:
+            module.register_forward_hook(self._mask_lookup)
         weight._bet_mask = self  # found again by load_plain_state_dict
 
+    def _mask_lookup(self, module, inputs, output):
+        if self.full or self.mode == "direct":
+            return None
+        if torch.is_grad_enabled():
+            self._lookups += 1
+        return output * nn.functional.embedding(inputs[0], self.mask)  # 7x faster than mask[ids]
+
     def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        return grad if self.full else grad * self.mask
+        lookups, self._lookups = self._lookups, 0
+        if self.full or self.mode == "lookup":
+            return grad
+        masked = grad * self.mask
+        if self.mode == "auto":
+            leaked = lookups == 0 or bool(torch.any((grad != 0) & (self.mask == 0)))
+            if leaked:
+                self.mode = "direct"
+            else:
+                self._to_verify -= 1
+                if self._to_verify <= 0:
+                    self.mode = "lookup"
+        return masked
+
+    def _changed(self) -> None:
+        self.full = False
+        if self.mode == "lookup":  # new rows are masked: check again that no gradient reaches them
+            self.mode = "auto"
+        if self.mode == "auto":
+            self._to_verify = VERIFY_STEPS
+        self.apply()
 
     def set_sizes(self, sizes: torch.Tensor) -> None:
         cols = torch.arange(self.mask.shape[1], device=self.mask.device)
         self.mask.copy_((cols[None, :] < sizes.to(self.mask.device)[:, None]).to(self.mask.dtype))
-        self.full = False
-        self.apply()
+        self._changed()
 
     def set_elements(self, keep: torch.Tensor) -> None:
         """Keep exactly the entries where ``keep`` (rows x width, bool) is true."""
         self.mask.copy_(keep.to(self.mask.device, self.mask.dtype))
-        self.full = False
-        self.apply()
+        self._changed()
 
     def set_full(self) -> None:
         self.mask.fill_(1.0)
@@ -120,10 +170,14 @@ class MaskedTables:
                     "set the model's embedding width key (e.g. embedding_size) to d_max"
                 )
             if not hasattr(t.module.weight, "_bet_mask"):
-                TableMask(t.module.weight)
+                TableMask(t.module.weight, t.module)
         self.sizes = None
         self.keep = None  # (n_users + n_items, d_max) bool for element masks; None for prefixes
         self.set_full()
+
+    def modes(self) -> dict:
+        """How each table's gradient is masked: table name -> "auto", "lookup" or "direct"."""
+        return {t.name: t.module.weight._bet_mask.mode for t in self.tables}
 
     def _masks(self, entity):
         return [t.module.weight._bet_mask for t in self.tables if t.entity == entity]

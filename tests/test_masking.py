@@ -240,3 +240,133 @@ def test_ranking_follows_new_weights_and_sizes_not_a_stale_cache(tmp_path):
     model.restore_user_e = model.restore_item_e = None
     assert torch.equal(after_resize, model.full_sort_predict(users))
     assert not torch.allclose(after_load, after_resize)
+
+
+@pytest.mark.parametrize("model_name,mode", [("NeuMF", "lookup"), ("LightGCN", "direct")])
+def test_masked_entries_stay_frozen_after_the_checked_steps(tmp_path, model_name, mode):
+    """Past the first VERIFY_STEPS backward passes a table read only through its module gets no gradient
+    masking pass (its forward hook masks the looked-up rows); one read directly keeps the gradient hook.
+    Either way masked entries get exactly zero gradient and stay zero for every later step."""
+    from recbole_bet.masking import VERIFY_STEPS
+
+    torch.manual_seed(3)
+    ctx = make_context(model_name, tmp_path)
+    model, masked = ctx.model, ctx.masked
+    sizes = np.random.default_rng(5).integers(1, masked.d_max, masked.n_users + masked.n_items)
+    masked.set_sizes(sizes)
+    assert set(masked.modes().values()) == {"auto"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    start = {t.name: t.module.weight.detach().clone() for t in masked.tables}
+    batches = iter(ctx.train_data)
+    for step in range(VERIFY_STEPS + 3):
+        optimizer.zero_grad()
+        model.calculate_loss(next(batches)).backward()
+        for t in masked.tables:
+            grad, keep = t.module.weight.grad, table_mask(masked, t)
+            assert torch.all(grad[keep == 0] == 0), (step, t.name)
+        optimizer.step()
+    assert set(masked.modes().values()) == {mode}
+    for t in masked.tables:
+        weight, keep = t.module.weight.detach(), table_mask(masked, t)
+        assert torch.all(weight[keep == 0] == 0), t.name
+        assert not torch.equal(weight[keep == 1], start[t.name][keep == 1]), f"{t.name} did not train"
+    masked.set_sizes(sizes[::-1].copy())  # new masked entries: checked again before trusted
+    assert set(masked.modes().values()) == {"auto" if mode == "lookup" else "direct"}
+
+
+class _LookupAndDirect(nn.Module):
+    """Reads its tables through the module and, when ``direct`` is set, also directly (a penalty on the
+    whole item table), as a model outside RecBole's zoo might."""
+
+    def __init__(self, direct: bool):
+        super().__init__()
+        self.user_embedding, self.item_embedding = nn.Embedding(5, 4), nn.Embedding(7, 4)
+        self.direct = direct
+
+    def loss(self, users, items):
+        score = (self.user_embedding(users) * self.item_embedding(items)).sum()
+        if self.direct:
+            score = score + 0.1 * self.item_embedding.weight.sum()
+        return -score
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_direct_read_is_detected_and_its_gradient_masked(direct):
+    torch.manual_seed(0)
+    model = _LookupAndDirect(direct)
+    masked = MaskedTables(model, find_tables(model, 5, 7), 4)
+    masked.set_sizes(np.array([1, 2, 3, 4, 1, 2, 3, 4, 1, 2]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    users, items = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 3, 5, 6])
+    for _ in range(6):
+        optimizer.zero_grad()
+        model.loss(users, items).backward()
+        optimizer.step()
+    modes = masked.modes()
+    assert modes["user_embedding"] == "lookup"
+    assert modes["item_embedding"] == ("direct" if direct else "lookup")
+    for t in masked.tables:
+        keep = table_mask(masked, t)
+        assert torch.all(t.module.weight[keep == 0] == 0), t.name
+        assert torch.all(t.module.weight.grad[keep == 0] == 0), t.name
+
+
+def test_fused_adam_trains_like_adam_and_keeps_masked_entries_frozen(tmp_path):
+    """fused_adam=True: RecBole's trainer and BET's finetuner get torch's fused Adam; its steps match the
+    stock Adam's up to rounding, and masked entries stay exactly zero under it."""
+    from recbole_bet.training import BestStateTrainer, Finetuner, adam
+
+    ctx = make_context("NeuMF", tmp_path, fused_adam=True)
+    assert BestStateTrainer(ctx.config, ctx.model).optimizer.defaults["fused"] is True
+    assert Finetuner(ctx.config, ctx.model).optimizer.defaults["fused"] is True
+    masked = ctx.masked
+    sizes = np.random.default_rng(2).integers(1, masked.d_max, masked.n_users + masked.n_items)
+    batches = [b for _, b in zip(range(5), ctx.train_data)]
+    weights = {}
+    for fused in (False, True):
+        masked.load(ctx.init_state, sizes)
+        torch.manual_seed(0)  # NeuMF's dropout
+        optimizer = adam(ctx.model.parameters(), 0.01, 0.0, {"fused_adam": fused, "device": "cpu"})
+        assert bool(optimizer.defaults["fused"]) is fused
+        ctx.model.train()
+        for batch in batches:
+            optimizer.zero_grad()
+            ctx.model.calculate_loss(batch).backward()
+            optimizer.step()
+        weights[fused] = {t.name: t.module.weight.detach().clone() for t in masked.tables}
+    for t in masked.tables:
+        keep = table_mask(masked, t)
+        assert torch.all(weights[True][t.name][keep == 0] == 0), t.name
+        assert not torch.equal(weights[True][t.name], ctx.init_state[f"{t.name}.weight"] * keep)
+        torch.testing.assert_close(weights[True][t.name], weights[False][t.name], rtol=1e-4, atol=1e-5)
+
+
+def test_lookup_masking_gives_the_stock_gradient_times_the_mask_bit_for_bit(tmp_path):
+    """The forward-hook path (NeuMF past its checks) changes no number: each table's gradient equals the stock
+    model's gradient, at the same masked weights, multiplied by the mask."""
+    from recbole_bet.masking import VERIFY_STEPS
+    from recbole_bet.models import build_model
+
+    ctx = make_context("NeuMF", tmp_path)
+    masked = ctx.masked
+    masked.set_sizes(np.random.default_rng(4).integers(1, masked.d_max, masked.n_users + masked.n_items))
+    batches = iter(ctx.train_data)
+    for _ in range(VERIFY_STEPS):
+        ctx.model.zero_grad()
+        ctx.model.calculate_loss(next(batches)).backward()
+    assert set(masked.modes().values()) == {"lookup"}
+    stock = build_model(ctx.config, ctx.train_data.dataset)
+    stock.load_state_dict(ctx.model.state_dict())
+    batch = next(batches)
+    for model in (ctx.model, stock):
+        model.eval()  # no dropout: both see the same function
+        model.zero_grad()
+        model.calculate_loss(batch).backward()
+    stock_params = dict(stock.named_parameters())
+    for name, param in ctx.model.named_parameters():
+        expected = stock_params[name].grad
+        mask = getattr(param, "_bet_mask", None)
+        if mask is not None:
+            expected = expected * mask.mask
+        assert torch.equal(param.grad, expected), name
