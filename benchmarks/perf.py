@@ -85,10 +85,12 @@ def epoch_seconds(ctx, model, train_data) -> float:
 
 
 def mask_overhead(ctx, train_data, repeats: int) -> dict:
-    """Masked / stock train-epoch time, interleaved so drift hits both alike; median of repeats."""
-    from recbole_bet.budget import equal_sizes
+    """Masked / stock train-epoch time, interleaved so drift hits both alike; median of repeats. The masked
+    model has MR's mixed sizes: varied sizes, as a search probes, which the masking handles at its dearest
+    (equal sizes let LightGCN/NGCF skip the gradient pass, masking.py)."""
+    from recbole_bet.methods import MixedRandom
 
-    ctx.masked.set_sizes(equal_sizes(ctx.budget))
+    ctx.masked.set_sizes(MixedRandom().propose(ctx))
     stock = stock_copy(ctx)
     times = {"stock": [], "masked": []}
     for _ in range(repeats):
