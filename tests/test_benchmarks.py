@@ -1,0 +1,27 @@
+"""benchmarks/mask_overhead.py runs and writes what docs/performance.md cites (no timing is asserted)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mask_overhead_writes_its_tables(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/mask_overhead.py", "--models=NeuMF", "--repeats=1",
+                           f"--out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ratios = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(ratios) == {"NeuMF"} and set(ratios["NeuMF"]) == {"stock_adam", "fused_adam"}
+    details = json.loads((tmp_path / "mask_overhead-ml-100k.json").read_text())
+    neumf = details["epochs"]["NeuMF"]
+    assert set(neumf["masking_modes"].values()) == {"lookup"}  # NeuMF reads its tables through the modules
+    assert neumf["sizes"] == "mixed" and neumf["batch_size"] > 0
+    for opt in ("stock_adam", "fused_adam"):
+        assert neumf[opt]["stock_epoch_s"] > 0 and neumf[opt]["masked_epoch_s"] > 0
+        assert len(neumf[opt]["all_s"]["stock"]) == 1
+    assert all(v > 0 for v in details["sqrt"].values() if isinstance(v, float))
+    assert set(details["adam_step"]) == {f"{k}_{g}_ms" for k in ("foreach", "single", "fused")
+                                         for g in ("dense", "90pct_zero")}
+    table = (tmp_path / "mask_overhead-ml-100k.md").read_text()
+    assert "| NeuMF | mixed |" in table and "fused adam" in table and "python benchmarks/mask_overhead.py" in table
