@@ -113,7 +113,8 @@ def epoch_ratios(model_name: str, dataset: str, batch_size, sparsity: float, siz
         log(f"{model_name} fused_adam={fused}: stock {med['stock']:.2f} s, masked {med['masked']:.2f} s")
     rows["masking_modes"] = ctx.masked.modes()
     rows["sizes"] = sizes
-    rows["batch_size"] = loader.batch_size if hasattr(loader, "batch_size") else batch_size
+    # train_batch_size rows per step; RecBole's loader counts positives only (NeuMF: half the rows, 1 negative each)
+    rows["batch_size"] = batch_size or ctx.config["train_batch_size"]
     return rows
 
 
