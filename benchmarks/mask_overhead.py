@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,46 +70,23 @@ def adam_step_times(repeats: int = 10) -> dict:
     return out
 
 
-def epoch_seconds(ctx, model, train_data) -> float:
-    from recbole_bet.masking import load_plain_state_dict
-    from recbole_bet.training import FusedAdamTrainer
-
-    load_plain_state_dict(model, ctx.init_state)
-    ctx.reseed()
-    train_data.generator.manual_seed(ctx.config["seed"])
-    trainer = FusedAdamTrainer(ctx.config, model)  # RecBole's Trainer; its Adam is fused iff fused_adam
-    start = time.perf_counter()
-    trainer._train_epoch(train_data, 0, show_progress=False)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def epoch_ratios(model_name: str, dataset: str, batch_size, sparsity: float, sizes: str, repeats: int) -> dict:
-    from perf import make_ctx, stock_copy
+    from perf import make_ctx, mask_overhead, stock_copy
 
     from recbole_bet.budget import equal_sizes
-    from recbole_bet.methods import MixedRandom
     from recbole_bet.training import train_loader_with_batch_size
 
     ctx = make_ctx(model_name, dataset, "cpu", sparsity=sparsity)
     loader = ctx.train_data if batch_size is None else train_loader_with_batch_size(ctx.config, ctx.train_data,
                                                                                      batch_size)
-    ctx.masked.set_sizes(equal_sizes(ctx.budget) if sizes == "equal" else MixedRandom().propose(ctx))
+    action = equal_sizes(ctx.budget) if sizes == "equal" else None  # None: perf.py's default, MR's sizes
     stock = stock_copy(ctx)
     rows = {}
     for fused in (False, True):
         ctx.config["fused_adam"] = fused
-        times = {"stock": [], "masked": []}
-        for _ in range(repeats):
-            times["stock"].append(epoch_seconds(ctx, stock, loader))
-            times["masked"].append(epoch_seconds(ctx, ctx.model, loader))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows["fused_adam" if fused else "stock_adam"] = {
-            "stock_epoch_s": round(med["stock"], 3), "masked_epoch_s": round(med["masked"], 3),
-            "ratio": round(med["masked"] / med["stock"], 3), "repeats": repeats,
-            "all_s": {k: [round(x, 2) for x in v] for k, v in times.items()}}
-        log(f"{model_name} fused_adam={fused}: stock {med['stock']:.2f} s, masked {med['masked']:.2f} s")
+        row = mask_overhead(ctx, loader, repeats, sizes=action, stock=stock)
+        rows["fused_adam" if fused else "stock_adam"] = row
+        log(f"{model_name} fused_adam={fused}: stock {row['stock_epoch_s']:.2f} s, masked {row['masked_epoch_s']:.2f} s")
     rows["masking_modes"] = ctx.masked.modes()
     rows["sizes"] = sizes
     # train_batch_size rows per step; RecBole's loader counts positives only (NeuMF: half the rows, 1 negative each)

@@ -69,14 +69,13 @@ def stock_copy(ctx):
 
 
 def epoch_seconds(ctx, model, train_data) -> float:
-    from recbole.trainer import Trainer
-
     from recbole_bet.masking import load_plain_state_dict
+    from recbole_bet.training import FusedAdamTrainer
 
     load_plain_state_dict(model, ctx.init_state)
     ctx.reseed()
     train_data.generator.manual_seed(ctx.config["seed"])
-    trainer = Trainer(ctx.config, model)
+    trainer = FusedAdamTrainer(ctx.config, model)  # RecBole's Trainer; its Adam is fused only with fused_adam
     start = time.perf_counter()
     trainer._train_epoch(train_data, 0, show_progress=False)
     if torch.cuda.is_available():
@@ -84,21 +83,22 @@ def epoch_seconds(ctx, model, train_data) -> float:
     return time.perf_counter() - start
 
 
-def mask_overhead(ctx, train_data, repeats: int) -> dict:
+def mask_overhead(ctx, train_data, repeats: int, sizes=None, stock=None) -> dict:
     """Masked / stock train-epoch time, interleaved so drift hits both alike; median of repeats. The masked
-    model has MR's mixed sizes: varied sizes, as a search probes, which the masking handles at its dearest
-    (equal sizes let LightGCN/NGCF skip the gradient pass, masking.py)."""
+    model has ``sizes``, by default MR's mixed sizes: varied sizes, as a search probes, which the masking
+    handles at its dearest (equal sizes let LightGCN/NGCF skip the gradient pass, masking.py)."""
     from recbole_bet.methods import MixedRandom
 
-    ctx.masked.set_sizes(MixedRandom().propose(ctx))
-    stock = stock_copy(ctx)
+    ctx.masked.set_sizes(MixedRandom().propose(ctx) if sizes is None else sizes)
+    stock = stock_copy(ctx) if stock is None else stock
     times = {"stock": [], "masked": []}
     for _ in range(repeats):
         times["stock"].append(epoch_seconds(ctx, stock, train_data))
         times["masked"].append(epoch_seconds(ctx, ctx.model, train_data))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"stock_epoch_s": round(med["stock"], 3), "masked_epoch_s": round(med["masked"], 3),
-            "ratio": round(med["masked"] / med["stock"], 3), "repeats": repeats}
+            "ratio": round(med["masked"] / med["stock"], 3), "repeats": repeats,
+            "all_s": {k: [round(x, 2) for x in v] for k, v in times.items()}}
 
 
 def eval_comparison(ctx, repeats: int) -> dict:

@@ -245,7 +245,7 @@ def test_ranking_follows_new_weights_and_sizes_not_a_stale_cache(tmp_path):
 @pytest.mark.parametrize("model_name,mode", [("NeuMF", "lookup"), ("LightGCN", "direct")])
 def test_masked_entries_stay_frozen_after_the_checked_steps(tmp_path, model_name, mode):
     """Past the first VERIFY_STEPS backward passes a table read only through its module gets no gradient
-    masking pass (its forward hook masks the looked-up rows); one read directly keeps the gradient hook.
+    masking pass (the gradient of each lookup is masked instead); one read directly keeps the gradient hook.
     Either way masked entries get exactly zero gradient and stay zero for every later step."""
     from recbole_bet.masking import VERIFY_STEPS
 
@@ -343,7 +343,7 @@ def test_fused_adam_trains_like_adam_and_keeps_masked_entries_frozen(tmp_path):
 
 
 def test_lookup_masking_gives_the_stock_gradient_times_the_mask_bit_for_bit(tmp_path):
-    """The forward-hook path (NeuMF past its checks) changes no number: each table's gradient equals the stock
+    """The per-lookup path (NeuMF past its checks) changes no number: each table's gradient equals the stock
     model's gradient, at the same masked weights, multiplied by the mask."""
     from recbole_bet.masking import VERIFY_STEPS
     from recbole_bet.models import build_model
