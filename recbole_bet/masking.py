@@ -55,6 +55,7 @@ class TableMask:
         self.mode = "auto" if module is not None else "direct"
         self._to_verify = VERIFY_STEPS
         self._lookups = 0  # module forwards with gradients on since the last backward
+        self.version = 0  # bumped on every mask change (seed_masked_moments watches it)
         weight.register_hook(self._mask_grad)
         if module is not None:
             module.register_forward_hook(self._mask_lookup)
@@ -85,6 +86,7 @@ class TableMask:
 
     def _changed(self) -> None:
         self.full = False
+        self.version += 1
         if self.mode == "lookup":  # new rows are masked: check again that no gradient reaches them
             self.mode = "auto"
         if self.mode == "auto":
@@ -104,6 +106,7 @@ class TableMask:
     def set_full(self) -> None:
         self.mask.fill_(1.0)
         self.full = True
+        self.version += 1
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -253,6 +256,66 @@ class MaskedTables:
             return np.full(n + 1, self.d_max, dtype=np.int64)
         part = self.sizes[: self.n_users] if entity == "user" else self.sizes[self.n_users:]
         return np.concatenate([[0], part]).astype(np.int64)
+
+
+# Second moment given to masked entries, and the smallest it may decay to before it is set again: well clear
+# of float32's subnormals, which are slow too.
+MOMENT_SEED, MOMENT_FLOOR = 1.0, 1e-20
+
+
+def seed_masked_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Hold Adam's second moment of masked entries at a positive value instead of exactly 0.
+
+    Why: masked entries get zero gradients, so their second moments stay 0, and torch's CPU ``sqrt`` is
+    several times slower on zeros than on other values (docs/performance.md): the unfused Adam's steps on a
+    masked table cost more than on the stock one.
+
+    Exact: a masked entry's weight and gradient are 0 (invariants 1 and 2), so while its first moment is 0 its
+    update is 0 whatever its second moment. Only entries with both moments 0 are seeded; before the first
+    step after any mask change every seeded entry gets back the 0 the stock optimiser holds there, and the
+    seed is renewed before ``beta2 ** steps`` takes it to ``MOMENT_FLOOR``. Other optimisers, and Adam groups
+    with ``amsgrad``, are left alone.
+    """
+    if not isinstance(optimizer, torch.optim.Adam):
+        return
+    watched = [_SeededTable(p, p._bet_mask, group["betas"][1]) for group in optimizer.param_groups
+               if not group["amsgrad"] and 0 < group["betas"][1] < 1
+               for p in group["params"] if hasattr(p, "_bet_mask")]
+    def before_step(opt, args, kwargs):
+        for table in watched:
+            table.before_step(opt.state)
+
+    if watched:
+        optimizer.register_step_pre_hook(before_step)
+
+
+class _SeededTable:
+    def __init__(self, param: nn.Parameter, mask: TableMask, beta2: float):
+        self.param, self.mask = param, mask
+        self.renew_every = max(1, int(np.log(MOMENT_FLOOR / MOMENT_SEED) / np.log(beta2)))
+        self.seeded = None  # bool tensor: entries holding the seed
+        self.version = self.steps = 0
+
+    @torch.no_grad()
+    def before_step(self, state: dict) -> None:
+        moments = state.get(self.param)
+        if not moments or "exp_avg_sq" not in moments:  # Adam builds its state on the first step
+            return
+        second = moments["exp_avg_sq"]
+        if self.seeded is not None and self.version != self.mask.version:
+            second.masked_fill_(self.seeded, 0.0)
+            self.seeded = None
+        if self.seeded is None:
+            if self.mask.full:
+                return
+            self.seeded = (self.mask.mask == 0) & (moments["exp_avg"] == 0) & (second == 0)
+            self.version, self.steps = self.mask.version, 0
+            second.masked_fill_(self.seeded, MOMENT_SEED)
+        else:
+            self.steps += 1
+            if self.steps >= self.renew_every:
+                second.masked_fill_(self.seeded, MOMENT_SEED)
+                self.steps = 0
 
 
 def plain_state_dict(model: nn.Module) -> dict:
