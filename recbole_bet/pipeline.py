@@ -24,7 +24,7 @@ from recbole_bet.methods import get_method
 from recbole_bet.recommend import save_run_config
 from recbole_bet.rule import build_space
 from recbole_bet.search import checkpoint
-from recbole_bet.models import attach_full_sort, build_model
+from recbole_bet.models import attach_full_sort, build_model, use_csr_adjacency
 from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
 
 # the SPEC keys echoed in the report's "config", plus the training keys that shape a result
@@ -83,7 +83,7 @@ def _frequencies(train_dataset, n_users: int, n_items: int):
 
 def context_from(config, model, train_data, valid_data, test_data=None, dataset=None) -> RunContext:
     """A run context around a model the caller built (as RecBole users do) and its data loaders."""
-    attach_full_sort(model)
+    use_csr_adjacency(attach_full_sort(model))
     train_dataset = train_data.dataset
     tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
     masked = MaskedTables(model, tables, config["d_max"])
