@@ -450,3 +450,28 @@ def test_graph_models_use_csr_adjacency_with_the_stock_models_numbers(tmp_path, 
     if extra:  # node dropout on: trains through RecBole's COO path
         ctx.model.train()
         ctx.model.calculate_loss(batch).backward()
+
+
+def test_topk_collector_builds_recboles_tensor_bit_for_bit(tmp_path):
+    """TopkCollector's rec.topk equals RecBole's Collector's on scores with ties and repeated positive pairs,
+    and a whole validation through Scorer gives RecBole's Trainer.evaluate metrics exactly."""
+    from recbole.evaluator import Collector
+    from recbole.trainer import Trainer
+
+    from recbole_bet.training import TopkCollector
+
+    ctx = make_context("LightGCN", tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (7, 30), generator=gen).float()  # many ties
+    positive_u = torch.tensor([0, 0, 0, 2, 2, 3, 6, 6, 6, 6])
+    positive_i = torch.tensor([1, 1, 4, 0, 29, 7, 3, 5, 3, 9])  # (0, 1) and (6, 3) twice
+    tensors = []
+    for cls in (Collector, TopkCollector):
+        collector = cls(ctx.config)
+        collector.eval_batch_collect(scores, None, positive_u, positive_i)
+        collector.eval_batch_collect(scores[:3], None, positive_u[:3], positive_i[:3])
+        tensors.append(collector.get_data_struct().get("rec.topk"))
+    assert torch.equal(tensors[0], tensors[1])
+    assert tensors[1][0, -1] == 2 and tensors[1][6, -1] == 3  # positives counted once each
+    assert ctx.evaluate(ctx.valid_data) == dict(Trainer(ctx.config, ctx.model).evaluate(ctx.valid_data,
+                                                                                       load_best_model=False))
