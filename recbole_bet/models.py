@@ -1,11 +1,13 @@
 """Building stock RecBole models at full width, and fast full ranking for models that lack it."""
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
 from recbole.utils import get_model
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 # Score at most this many (user, item, hidden) floats at once: bounds memory on any dataset size.
 _CHUNK_ELEMENTS = 1 << 24
@@ -31,8 +33,57 @@ def use_csr_adjacency(model: nn.Module) -> nn.Module:
     usable = name == "LightGCN" or (name == "NGCF" and not getattr(model, "node_dropout", 0.0))
     if usable and isinstance(adjacency, torch.Tensor) and adjacency.layout == torch.sparse_coo \
             and adjacency.device.type == "cpu":
-        model.norm_adj_matrix = adjacency.coalesce().to_sparse_csr()
+        adjacency = adjacency.coalesce()
+        model.norm_adj_matrix = adjacency.to_sparse_csr()
+        transposed = adjacency.t().coalesce()
+        if torch.equal(adjacency.indices(), transposed.indices()) and torch.equal(adjacency.values(),
+                                                                                  transposed.values()):
+            model._bet_symmetric_adjacency = model.norm_adj_matrix
     return model
+
+
+class _SymmetricSparseMM(torch.autograd.Function):
+    """``A @ X`` for a sparse A equal to its transpose: the gradient ``A^T @ G`` is ``A @ G``."""
+
+    @staticmethod
+    def forward(ctx, adjacency, x):
+        ctx.adjacency = adjacency
+        return torch.sparse.mm(adjacency, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, torch.sparse.mm(ctx.adjacency, grad)
+
+
+# what torch.sparse.mm dispatches through (torch 2.x); without it the mode below changes nothing
+_SPARSE_MM = getattr(getattr(torch._C, "_sparse", None), "_sparse_mm", None)
+
+
+class _SymmetricAdjacencyMode(TorchFunctionMode):
+    def __init__(self, adjacency: torch.Tensor):
+        super().__init__()
+        self.adjacency = adjacency
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _SPARSE_MM and args and args[0] is self.adjacency and not kwargs \
+                and torch.is_grad_enabled() and args[1].requires_grad:
+            return _SymmetricSparseMM.apply(*args)
+        return func(*args, **(kwargs or {}))
+
+
+def symmetric_backward(model: nn.Module):
+    """A context in which the model's products with its (exactly symmetric, CSR) adjacency take their gradient
+    as ``A @ G``; a no-op context for other models.
+
+    Why: torch's backward of ``torch.sparse.mm(A, X)`` multiplies by the transpose of a CSR matrix, which
+    cost more than the forward product: LightGCN's two propagation layers with their gradient took about half
+    the time this way on ml-100k (docs/performance.md). The model's code is not touched: the torch-function
+    mode reroutes only products with this exact tensor that need a gradient.
+    """
+    adjacency = getattr(model, "_bet_symmetric_adjacency", None)
+    if adjacency is None or getattr(model, "norm_adj_matrix", None) is not adjacency:
+        return contextlib.nullcontext()
+    return _SymmetricAdjacencyMode(adjacency)
 
 
 def attach_full_sort(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from recbole.trainer import Trainer
 
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import load_plain_state_dict, plain_state_dict, seed_masked_moments
+from recbole_bet.models import symmetric_backward
 
 REPORT_METRICS = ("recall@5", "ndcg@5", "recall@20", "ndcg@20")
 FITNESS_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -79,6 +80,10 @@ class FusedAdamTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = TopkCollector(config)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        with symmetric_backward(self.model):  # graph models: the adjacency's gradient without its transpose
+            return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _build_optimizer(self, **kwargs):
         if self.config["fused_adam"] and kwargs.get("learner", self.learner).lower() == "adam":

@@ -475,3 +475,40 @@ def test_topk_collector_builds_recboles_tensor_bit_for_bit(tmp_path):
     assert tensors[1][0, -1] == 2 and tensors[1][6, -1] == 3  # positives counted once each
     assert ctx.evaluate(ctx.valid_data) == dict(Trainer(ctx.config, ctx.model).evaluate(ctx.valid_data,
                                                                                        load_best_model=False))
+
+
+def _graph_nodes(tensor) -> set:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("model_name", ["LightGCN", "NGCF"])
+def test_symmetric_backward_reroutes_the_graph_products_with_the_same_gradients(tmp_path, model_name):
+    """Inside symmetric_backward the products with the (symmetric) adjacency take A @ G as their gradient:
+    the gradients are those of torch's own backward, to rounding; models without such a graph get a no-op."""
+    import contextlib
+
+    from recbole_bet.models import symmetric_backward
+
+    ctx = make_context(model_name, tmp_path)
+    batch = next(iter(ctx.train_data))
+    ctx.model.eval()  # no dropout
+    grads, nodes = [], []
+    for mode in (contextlib.nullcontext(), symmetric_backward(ctx.model)):
+        ctx.model.zero_grad()
+        with mode:
+            loss = ctx.model.calculate_loss(batch)
+            nodes.append(_graph_nodes(loss))
+            loss.backward()
+        grads.append([p.grad.clone() for p in ctx.model.parameters()])
+    assert "_SymmetricSparseMMBackward" not in nodes[0] and "_SymmetricSparseMMBackward" in nodes[1]
+    for (name, _), plain, rerouted in zip(ctx.model.named_parameters(), *grads):
+        torch.testing.assert_close(rerouted, plain, rtol=1e-5, atol=1e-7, msg=name)
+    neumf = make_context("NeuMF", tmp_path / "neumf")
+    assert isinstance(symmetric_backward(neumf.model), contextlib.nullcontext)
