@@ -1,7 +1,7 @@
 """Performance benchmark: what BET costs beyond its unavoidable training and evaluation.
 
-    python benchmarks/perf.py            # ml-100k and Gowalla (needs dataset/gowalla, see README); ~1 hour on 2 cores
-    python benchmarks/perf.py --skip-end-to-end   # the same without the end-to-end BET run (about 25 minutes less)
+    python benchmarks/perf.py            # ml-100k and Gowalla (needs dataset/gowalla, see README); about 25 minutes on 2 cores
+    python benchmarks/perf.py --skip-end-to-end   # the same without the end-to-end BET run (8-10 minutes less)
     python benchmarks/perf.py --quick    # ml-100k, plus the Gowalla-size sampler/predictor parts; a few minutes
     python benchmarks/perf.py --device=cuda   # on a GPU (RecBole's device keys are set from it)
 
@@ -263,7 +263,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true",
-                        help="full mode without the end-to-end BET run (bet_ml100k_s, about 25 minutes on 2 cores)")
+                        help="full mode without the end-to-end BET run (bet_ml100k_s, 8-10 minutes on 2 cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=str(REPO / "results"))
     args = parser.parse_args()
@@ -318,7 +318,7 @@ def main():
 
     # 4. end to end
     if args.quick or args.skip_end_to_end:
-        skipped.append("bet_ml100k_s (end-to-end BET run, about 25 minutes, results/README.md)")
+        skipped.append("bet_ml100k_s (end-to-end BET run, 8-10 minutes, docs/performance.md)")
         bet_s = None
     else:
         log("BET end to end with defaults, LightGCN on ml-100k")
