@@ -281,6 +281,7 @@ def seed_masked_moments(optimizer: torch.optim.Optimizer) -> None:
     watched = [_SeededTable(p, p._bet_mask, group["betas"][1]) for group in optimizer.param_groups
                if not group["amsgrad"] and 0 < group["betas"][1] < 1
                for p in group["params"] if hasattr(p, "_bet_mask")]
+
     def before_step(opt, args, kwargs):
         for table in watched:
             table.before_step(opt.state)

@@ -22,9 +22,8 @@ def build_model(config, dataset) -> nn.Module:
 def use_csr_adjacency(model: nn.Module) -> nn.Module:
     """Hold a graph model's normalised adjacency in CSR instead of RecBole's uncoalesced COO, on CPU.
 
-    Why: LightGCN and NGCF spend most of a CPU train epoch in ``torch.sparse.mm`` with this matrix; the same
-    products from CSR made LightGCN epochs on ml-100k about 30% faster and NGCF's about 25%
-    (docs/performance.md). Same matrix, same products; sums may round in another order, as they already do
+    Why: LightGCN and NGCF spend most of a CPU train epoch in ``torch.sparse.mm`` with this matrix, and the
+    same products are faster from CSR (docs/performance.md, "Graph models"). Same matrix, same products; sums may round in another order, as they already do
     between thread counts. Only where the matrix is used through ``torch.sparse.mm`` alone: LightGCN, and NGCF
     without node dropout (its dropout reads COO indices). Other devices keep RecBole's layout (not measured).
     """
@@ -76,8 +75,7 @@ def symmetric_backward(model: nn.Module):
     as ``A @ G``; a no-op context for other models.
 
     Why: torch's backward of ``torch.sparse.mm(A, X)`` multiplies by the transpose of a CSR matrix, which
-    cost more than the forward product: LightGCN's two propagation layers with their gradient took about half
-    the time this way on ml-100k (docs/performance.md). The model's code is not touched: the torch-function
+    costs more than the forward product (docs/performance.md, "Graph models"). The model's code is not touched: the torch-function
     mode reroutes only products with this exact tensor that need a gradient.
     """
     adjacency = getattr(model, "_bet_symmetric_adjacency", None)
