@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="path without suffix: writes .json, .md, .png")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv for --KEY=VALUE: ours are not its keys
     command = "python benchmarks/convergence.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = args.out + ".json"
     data = {"runs": [], "commands": []}
