@@ -29,10 +29,10 @@ def main():
     sys.argv = sys.argv[:1]
     from recbole_bet.config import make_config
     from recbole_bet.pipeline import prepare
-    from recbole_bet.search.bet import quality
-    from recbole_bet.search.loop import iteration_seed
-    from recbole_bet.search.pretrain import pretrained
-    from recbole_bet.search.sampler import ActionSampler
+    from recbole_bet.training import quality
+    from recbole_bet.methods.bet.loop import iteration_seed
+    from recbole_bet.pretrain import pretrained
+    from recbole_bet.methods.bet.sampler import ActionSampler
     from recbole_bet.training import Finetuner, train_loader_with_batch_size, validation_subset
 
     start = time.perf_counter()

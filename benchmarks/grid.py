@@ -46,7 +46,7 @@ GRID_KEYS = {"name", "datasets", "models", "methods", "sparsities", "seeds", "co
 RESERVED = {"model", "dataset", "method", "sparsity", "seed", "output_dir", "resume", "config_files"}
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CHECKPOINT = "checkpoint.pt"  # recbole_bet.search.checkpoint.FILENAME (not imported: keep this script light)
+CHECKPOINT = "checkpoint.pt"  # recbole_bet.methods.base.CHECKPOINT_FILENAME (not imported: keep this script light)
 
 
 class GridError(Exception):

@@ -96,7 +96,7 @@ def mask_overhead(ctx, train_data, repeats: int, sizes=None, stock=None) -> dict
     """Masked / stock train-epoch time, interleaved so drift hits both alike; median of repeats. The masked
     model has ``sizes``, by default MR's mixed sizes: varied sizes, as a search probes, which the masking
     handles at its dearest (equal sizes let LightGCN/NGCF skip the gradient pass, masking.py)."""
-    from recbole_bet.methods import MixedRandom
+    from recbole_bet.methods.fixed import MixedRandom
 
     ctx.masked.set_sizes(MixedRandom().propose(ctx) if sizes is None else sizes)
     stock = stock_copy(ctx) if stock is None else stock
@@ -138,8 +138,8 @@ def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
     set-up), so the second is the one a search repeats T-1 times: its overhead is the figure; the first is
     kept beside it. A third iteration runs under cProfile, so the profiler inflates neither.
     """
-    from recbole_bet.search import bet as bet_module
-    from recbole_bet.search.loop import iteration_seed
+    from recbole_bet.methods.bet import method as bet_module
+    from recbole_bet.methods.bet.loop import iteration_seed
     from recbole_bet.training import Finetuner, train_loader_with_batch_size
 
     config = ctx.config
@@ -206,8 +206,8 @@ def profile_summary(profiler: cProfile.Profile, top: int) -> list:
 def search_parts(n_users: int, n_items: int, user_freq, item_freq, repeats: int) -> dict:
     """Sampler (m=100) and predictor (predict 100 + 2 updates on a population of 50) at table size."""
     from recbole_bet.budget import make_budget
-    from recbole_bet.search.predictor import PredictorTrainer, build_predictor
-    from recbole_bet.search.sampler import ActionSampler
+    from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
+    from recbole_bet.methods.bet.sampler import ActionSampler
 
     rng = np.random.default_rng(0)
     budget = make_budget(0.9, 128, 1, n_users, n_items, 1)

@@ -14,7 +14,7 @@ def __getattr__(name):
 
         return quick_start
     if name == "BETTrainer":
-        from recbole_bet.search.trainer import BETTrainer
+        from recbole_bet.trainer import BETTrainer
 
         return BETTrainer
     raise AttributeError(name)

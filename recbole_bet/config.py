@@ -14,9 +14,9 @@ from recbole.utils import ModelType
 from recbole_bet import compat
 from recbole_bet.budget import parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
+from recbole_bet.methods import METHODS
 from recbole_bet.models import configure_width
 
-METHODS = ("bet", "es", "mr", "pep", "sseds", "esapn", "rule")
 RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys

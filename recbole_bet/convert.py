@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from recbole_bet.errors import BadInput
+from recbole_bet.files import atomic_write
 
 DEFAULT_OUTPUT = "dataset/"  # RecBole's default data_path
 FILES = ("train.txt", "valid.txt", "test.txt")
@@ -85,18 +85,8 @@ def _read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder so readers never see a half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        # mkstemp creates 0600; give the file the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def convert_lightgcn(input_dir, output_dir, name=None, progress=None) -> dict:

@@ -20,6 +20,7 @@ import torch
 
 from recbole_bet.budget import index_bytes
 from recbole_bet.errors import BadInput
+from recbole_bet.files import atomic_write
 from recbole_bet.masking import MaskedTables, plain_state_dict
 
 FORMAT_VERSION = 1
@@ -66,17 +67,16 @@ def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: boo
     full_meta = dict(meta, format_version=FORMAT_VERSION, d_max=masked.d_max, tables=table_names,
                      n_users=masked.n_users, n_items=masked.n_items)
     arrays["meta"] = np.array(json.dumps(full_meta, sort_keys=True))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
     return os.path.getsize(path)
+
+
+def artifact_meta(config, budget) -> dict:
+    """What the artifact records about its run (its size must not depend on the sizes chosen)."""
+    return {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
+            "sparsity": None if budget is None else budget.sparsity, "seed": config["seed"],
+            "memory_budget": config["memory_budget"]}
 
 
 def artifact_overhead_bytes(model, masked: MaskedTables, meta: dict, element_masks: bool = False) -> int:

@@ -344,3 +344,13 @@ def forget_cached_embeddings(model: nn.Module) -> None:
     for name in getattr(model, "other_parameter_name", ()):
         if name in CACHED_EMBEDDINGS:
             setattr(model, name, None)
+
+
+def per_entity(masked, per_table: dict) -> np.ndarray:
+    """(n_entities x d_max) from one (rows x d_max) array per table, padding row dropped; an entity's
+    tables (NeuMF has two) share one mask, so their arrays are averaged."""
+    parts = []
+    for entity in ("user", "item"):
+        arrays = [per_table[t.name][1:] for t in masked.tables if t.entity == entity]
+        parts.append(np.mean(arrays, axis=0))
+    return np.concatenate(parts)

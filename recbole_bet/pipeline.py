@@ -5,99 +5,30 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass
 from logging import getLogger
 from time import perf_counter
 
 import numpy as np
-import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_local_time, init_logger, init_seed
 
-from recbole_bet.budget import Budget, check_blocks_feasible, make_budget, make_memory_budget
+from recbole_bet.budget import make_budget
 from recbole_bet.config import make_config
+from recbole_bet.context import RunContext, context_from
 from recbole_bet.errors import BadInput
-from recbole_bet.export import artifact_overhead_bytes, save_artifact
-from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict, tables_per_entity
+from recbole_bet.export import artifact_meta, save_artifact
+from recbole_bet.files import atomic_write
 from recbole_bet.methods import get_method
+from recbole_bet.methods.base import CHECKPOINT_FILENAME
+from recbole_bet.models import build_model
 from recbole_bet.recommend import save_run_config
-from recbole_bet.rule import build_space
-from recbole_bet.search import checkpoint
-from recbole_bet.models import attach_full_sort, build_model, use_csr_adjacency
-from recbole_bet.training import REPORT_METRICS, Scorer, pick, train_to_convergence
+from recbole_bet.training import REPORT_METRICS, pick
 
 # the SPEC keys echoed in the report's "config", plus the training keys that shape a result
 REPORT_CONFIG_KEYS = (
     "method", "sparsity", "memory_budget", "d_max", "d_min", "output_dir", "seed", "epochs", "train_batch_size",
     "learning_rate", "stopping_step", "valid_metric", "eval_args", "embedding_size",
 )
-
-
-@dataclass
-class RunContext:
-    """Everything a method needs, built once per run."""
-
-    config: object
-    dataset: object
-    train_data: object
-    valid_data: object
-    test_data: object
-    model: torch.nn.Module
-    masked: MaskedTables
-    budget: Budget
-    init_state: dict  # the freshly initialised weights: "from scratch" restarts here
-    user_freq: np.ndarray  # training interactions per user (no padding row)
-    item_freq: np.ndarray
-    scorer: Scorer
-    checkpoint_path: str = ""  # where a method that searches checkpoints its progress
-    resume: bool = False  # continue from checkpoint_path
-
-    def evaluate(self, data) -> dict:
-        return self.scorer.evaluate(data)
-
-    def reseed(self, seed: int | None = None) -> None:
-        """Reset every RNG a training run draws from, so its result does not depend on what ran before
-        (whether pretraining ran or came from the cache, or where an interrupted run was resumed)."""
-        seed = self.config["seed"] if seed is None else seed
-        init_seed(seed, self.config["reproducibility"])
-        self.train_data.generator.manual_seed(seed)
-
-    def train_from_scratch(self, sizes):
-        """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
-        start = perf_counter()
-        self.reseed()
-        self.masked.load(self.init_state, sizes)
-        valid = train_to_convergence(self.config, self.model, self.train_data, self.valid_data)
-        return plain_state_dict(self.model), valid, perf_counter() - start
-
-
-def _frequencies(train_dataset, n_users: int, n_items: int):
-    inter = train_dataset.inter_feat
-    users = inter[train_dataset.uid_field].numpy()
-    items = inter[train_dataset.iid_field].numpy()
-    user_freq = np.bincount(users, minlength=n_users + 1)[1:]
-    item_freq = np.bincount(items, minlength=n_items + 1)[1:]
-    return user_freq, item_freq
-
-
-def context_from(config, model, train_data, valid_data, test_data=None, dataset=None) -> RunContext:
-    """A run context around a model the caller built (as RecBole users do) and its data loaders."""
-    use_csr_adjacency(attach_full_sort(model))
-    train_dataset = train_data.dataset
-    tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
-    masked = MaskedTables(model, tables, config["d_max"])
-    if config["memory_budget"] is not None:
-        element_masks = get_method(config["method"]).element_masks  # kept values also store their column
-        overhead = artifact_overhead_bytes(model, masked, artifact_meta(config, None), element_masks)
-        budget = make_memory_budget(config["memory_budget"], overhead, config["d_max"], config["d_min"],
-                                    masked.n_users, masked.n_items, tables_per_entity(tables), element_masks)
-    else:
-        budget = make_budget(config["sparsity"], config["d_max"], config["d_min"], masked.n_users, masked.n_items,
-                             tables_per_entity(tables))
-    user_freq, item_freq = _frequencies(train_dataset, masked.n_users, masked.n_items)
-    return RunContext(config, dataset, train_data, valid_data, test_data, model, masked, budget,
-                      plain_state_dict(model), user_freq, item_freq, Scorer(config, model))
 
 
 def prepare(config) -> RunContext:
@@ -117,13 +48,6 @@ def default_output_dir(config) -> str:
     return os.path.join("saved", f"{config['model']}-{config['dataset']}-{config['method']}-{budget}-{get_local_time()}")
 
 
-def artifact_meta(config, budget) -> dict:
-    """What the artifact records about its run (its size must not depend on the sizes chosen)."""
-    return {"model": config["model"], "dataset": config["dataset"], "method": config["method"],
-            "sparsity": None if budget is None else budget.sparsity, "seed": config["seed"],
-            "memory_budget": config["memory_budget"]}
-
-
 def check_writable(path: str) -> None:
     """Fail before hours of work, not after: the nearest existing ancestor must be writable."""
     probe = os.path.abspath(path)
@@ -135,11 +59,9 @@ def check_writable(path: str) -> None:
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path, "w") as fh:
         json.dump(obj, fh, indent=2)
         fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _jsonable(value):
@@ -186,15 +108,16 @@ def run(config, ctx: RunContext | None = None) -> dict:
         if not os.path.isdir(resume):
             raise BadInput(f"--resume={resume}: no such output directory of an interrupted run")
         if os.path.isfile(os.path.join(resume, "report.json")) and not os.path.isfile(
-                os.path.join(resume, checkpoint.FILENAME)):
+                os.path.join(resume, CHECKPOINT_FILENAME)):
             raise BadInput(f"the run in {resume} already finished: see {os.path.join(resume, 'report.json')}")
         config["output_dir"] = resume
     output_dir = config["output_dir"] or default_output_dir(config)
     config["output_dir"] = output_dir
     check_writable(output_dir)
     ctx = ctx or prepare(config)
-    ctx.checkpoint_path = os.path.join(output_dir, checkpoint.FILENAME)
-    ctx.resume = bool(resume) and config["method"] == "bet"
+    method = get_method(config["method"])
+    ctx.checkpoint_path = os.path.join(output_dir, CHECKPOINT_FILENAME)
+    ctx.resume = bool(resume) and method.resumable
     b = ctx.budget
     logger.info(
         f"budget: {b.budget_params} of {b.full_params} parameters (sparsity {b.sparsity}) for "
@@ -203,7 +126,7 @@ def run(config, ctx: RunContext | None = None) -> dict:
     created = not os.path.exists(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     try:
-        selection = get_method(config["method"]).select(ctx)
+        selection = method.select(ctx)
     except BadInput:
         if created:
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -256,9 +179,7 @@ def run_sparsity_list(config, ctx: RunContext | None = None) -> dict:
         ctx = ctx or prepare(config)
         budgets = {s: make_budget(s, config["d_max"], config["d_min"], ctx.masked.n_users, ctx.masked.n_items,
                                   ctx.budget.tables_per_entity) for s in sparsities}
-        space = build_space(ctx)
-        for b in budgets.values():
-            check_blocks_feasible(b, space.n_blocks, space.min_count)
+        get_method(config["method"]).check_budgets(ctx, list(budgets.values()))
     finally:
         config["sparsity"] = sparsities
     created = not os.path.exists(output_dir)

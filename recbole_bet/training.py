@@ -196,6 +196,11 @@ class Scorer:
         return dict(self.trainer.evaluate(eval_data, load_best_model=False, show_progress=False))
 
 
+def quality(result: dict) -> float:
+    """BET's Eq. 13: the mean of Recall@k and NDCG@k over k in {5, 10, 20} (fitness, and BETTrainer's score)."""
+    return float(np.mean([result[k] for k in FITNESS_METRICS]))
+
+
 def pick(result: dict, keys=REPORT_METRICS) -> dict:
     return {k: float(result[k]) for k in keys}
 

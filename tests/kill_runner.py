@@ -24,7 +24,7 @@ def main():
         return wrapper
 
     from recbole_bet import pipeline, training
-    from recbole_bet.search import checkpoint
+    from recbole_bet.methods.bet import checkpoint
 
     if event == "finetune":
         original = training.Finetuner._train_epoch

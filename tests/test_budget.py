@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from recbole_bet.budget import Budget, allocate_sorted, budget_params, equal_sizes, make_budget
 from recbole_bet.errors import BadInput
-from recbole_bet.methods import MixedRandom
+from recbole_bet.methods.fixed import MixedRandom
 
 PROPS = settings(max_examples=60, deadline=None, derandomize=True)
 

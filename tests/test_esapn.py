@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import QUICK, make_context, run_cli
 from recbole_bet.budget import Budget
-from recbole_bet.esapn import (ENLARGE, KEEP, ESAPNSettings, FrequencyCounter, LossHistory, PerSampleLosses,
+from recbole_bet.methods.esapn import (ENLARGE, KEEP, ESAPNSettings, FrequencyCounter, LossHistory, PerSampleLosses,
                                SizeSearch, WarmStart, cap_enlargements, frequency_buckets, greedy_enlarge, grow,
                                reinforce_loss, sample_enlarge)
 from recbole_bet.export import read_artifact

@@ -1,4 +1,4 @@
-"""Tests of the BET fitness predictors (recbole_bet.search.predictor)."""
+"""Tests of the BET fitness predictors (recbole_bet.methods.bet.predictor)."""
 
 import io
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recbole_bet.errors import BadInput
-from recbole_bet.search.predictor import (
+from recbole_bet.methods.bet.predictor import (
     PredictorTrainer,
     SetFitnessPredictor,
     SizeVectorPredictor,

@@ -12,7 +12,8 @@ from torch.nn.utils import parametrize
 from conftest import make_context
 from recbole_bet.budget import Budget, budget_params, keep_top_columns, keep_top_entries
 from recbole_bet.export import load_artifact, read_artifact
-from recbole_bet.pruning import SoftThreshold, saliency_gradients
+from recbole_bet.methods.pep import SoftThreshold
+from recbole_bet.methods.sseds import saliency_gradients
 from recbole_bet.training import pick
 
 

@@ -13,7 +13,7 @@ from conftest import QUICK, make_context, run_cli
 from recbole_bet.budget import Budget, block_units, check_blocks_feasible
 from recbole_bet.errors import BadInput
 from recbole_bet.export import load_artifact
-from recbole_bet.rule import BlockSpace, block_diversity, evolve, fit_estimator, make_groups
+from recbole_bet.methods.rule import BlockSpace, block_diversity, evolve, fit_estimator, make_groups
 from recbole_bet.training import pick
 
 

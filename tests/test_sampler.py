@@ -5,7 +5,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from recbole_bet.budget import make_budget
 from recbole_bet.errors import BadInput
-from recbole_bet.search.sampler import DISTRIBUTIONS, ActionSampler
+from recbole_bet.methods.bet.sampler import DISTRIBUTIONS, ActionSampler
 
 
 def _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables=1):

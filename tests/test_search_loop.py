@@ -3,10 +3,11 @@ import numpy as np
 import torch
 
 from recbole_bet.budget import make_budget
-from recbole_bet.search.bet import quality, retrain_and_choose
-from recbole_bet.search.loop import NEAREST, PREDICTED, RANDOM, Member, SearchLoop, strategy_for
-from recbole_bet.search.predictor import PredictorTrainer, build_predictor
-from recbole_bet.search.sampler import ActionSampler
+from recbole_bet.methods.bet.loop import NEAREST, PREDICTED, RANDOM, Member, SearchLoop, strategy_for
+from recbole_bet.methods.bet.method import retrain_and_choose
+from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
+from recbole_bet.methods.bet.sampler import ActionSampler
+from recbole_bet.training import quality
 
 N_USERS, N_ITEMS = 40, 60
 

@@ -31,7 +31,7 @@ from torch import nn
 from recbole_bet.budget import Budget
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import plain_state_dict
-from recbole_bet.methods import Method, Selection
+from recbole_bet.methods.base import Method, Selection
 from recbole_bet.training import REPORT_METRICS, adam, pick, train_loader_with_batch_size, validation_pairs_loader
 
 KEEP, ENLARGE = 0, 1

@@ -8,28 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
 from recbole_bet.errors import BadInput
+from recbole_bet.files import atomic_write
+from recbole_bet.methods.base import CHECKPOINT_FILENAME
 
-FILENAME = "checkpoint.pt"
+FILENAME = CHECKPOINT_FILENAME
 VERSION = 1
 
 
 def save(path: str, meta: dict, tensors: dict) -> None:
     """Write then rename: a kill at any moment leaves either the old or the new checkpoint whole."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.save({"meta": json.dumps(dict(meta, version=VERSION), sort_keys=True), **tensors}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        torch.save({"meta": json.dumps(dict(meta, version=VERSION), sort_keys=True), **tensors}, fh)
 
 
 def load(path: str) -> tuple[dict, dict]:

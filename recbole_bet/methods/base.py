@@ -1,4 +1,4 @@
-"""Size-search methods behind one interface: ``select(ctx) -> Selection`` under ``ctx.budget``.
+"""The interface of every size-search method: ``select(ctx) -> Selection`` under ``ctx.budget``.
 
 Every method returns the sizes it chose (within the budget, unless the selection says the budget was not
 applied) and the weights trained with them; the pipeline tests, exports and reports all methods the same way.
@@ -11,7 +11,8 @@ from time import perf_counter
 
 import numpy as np
 
-from recbole_bet.budget import allocate_sorted, equal_sizes
+# where a resumable method checkpoints its progress inside the run's output_dir
+CHECKPOINT_FILENAME = "checkpoint.pt"
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Selection:
 class Method(ABC):
     name = ""
     element_masks = False  # True: rows keep any entries (Selection.keep), exported with a column index
+    resumable = False  # True: checkpoints its progress at ctx.checkpoint_path and can continue from it
+
+    def check_budgets(self, ctx, budgets) -> None:
+        """Raise BadInput for any budget this method cannot meet, before anything is trained (a sparsity
+        list checks all of its budgets first). Most methods meet any budget the sizes can."""
 
     @abstractmethod
     def select(self, ctx) -> Selection:
@@ -51,48 +57,8 @@ class SizeBaseline(Method):
         return Selection(sizes, state, valid, None, {"pretrain": 0.0, "search": search_s, "retrain": retrain_s})
 
 
-class EqualSizes(SizeBaseline):
-    """ES: every row the same size, the largest that fits."""
-
-    name = "es"
-
-    def propose(self, ctx):
-        return equal_sizes(ctx.budget)
-
-
-class MixedRandom(SizeBaseline):
-    """MR: sizes drawn uniformly from {d_min..d_max}, scaled down to fit, assigned at random."""
-
-    name = "mr"
-
-    def propose(self, ctx):
-        b = ctx.budget
-        rng = np.random.default_rng(ctx.config["seed"])
-        draws = rng.integers(b.d_min, b.d_max + 1, size=b.n_entities)
-        if draws.sum() > b.budget_units:
-            order = np.argsort(-draws, kind="stable")  # proportional scaling keeps each entity's rank
-            scaled = allocate_sorted(draws[order][None, :].astype(np.float64), np.array([b.budget_units]),
-                                     b.d_min, b.d_max)[0]
-            draws = np.empty_like(draws)
-            draws[order] = scaled
-        return draws.astype(np.int64)
-
-
-def get_method(name: str) -> Method:
-    if name == "bet":
-        from recbole_bet.search.bet import BET
-
-        return BET()
-    if name in ("pep", "sseds"):
-        from recbole_bet.pruning import PEP, SSEDS
-
-        return {"pep": PEP, "sseds": SSEDS}[name]()
-    if name == "esapn":
-        from recbole_bet.esapn import ESAPN
-
-        return ESAPN()
-    if name == "rule":
-        from recbole_bet.rule import RULE
-
-        return RULE()
-    return {"es": EqualSizes, "mr": MixedRandom}[name]()
+def kept_summary(budget, keep: np.ndarray) -> dict:
+    """What an element mask kept, for the report's "search" of the pruning methods."""
+    n_users = budget.n_users
+    return {"kept_units_users": int(keep[:n_users].sum()), "kept_units_items": int(keep[n_users:].sum()),
+            "rows_at_d_max": int((keep.sum(axis=1) == budget.d_max).sum())}

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recbole_bet.search.predictor import PredictorTrainer
-from recbole_bet.search.sampler import ActionSampler
+from recbole_bet.methods.bet.predictor import PredictorTrainer
+from recbole_bet.methods.bet.sampler import ActionSampler
 
 PREDICTED, RANDOM, NEAREST = "predicted", "random", "nearest"
 

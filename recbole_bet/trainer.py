@@ -11,9 +11,10 @@
 """
 from __future__ import annotations
 
-from recbole_bet.export import save_artifact
+from recbole_bet.context import context_from
+from recbole_bet.export import artifact_meta, save_artifact
 from recbole_bet.methods import get_method
-from recbole_bet.search.bet import quality
+from recbole_bet.training import quality
 
 
 class BETTrainer:
@@ -26,8 +27,6 @@ class BETTrainer:
 
     def fit(self, train_data, valid_data, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Returns (best valid score, best valid result) like RecBole's Trainer.fit; the score is Eq. 13."""
-        from recbole_bet.pipeline import context_from
-
         self.context = context_from(self.config, self.model, train_data, valid_data)
         self.selection = get_method(self.config["method"]).select(self.context)
         self.context.masked.load(self.selection.state, self.selection.sizes, self.selection.keep)
@@ -48,8 +47,6 @@ class BETTrainer:
         """Write the compact artifact (see recbole_bet.export); returns its size in bytes."""
         if self.context is None:
             raise RuntimeError("call fit() before export()")
-        from recbole_bet.pipeline import artifact_meta
-
         b = self.context.budget
         meta = dict(artifact_meta(self.config, b), tables_per_entity=b.tables_per_entity)
         return save_artifact(path, self.model, self.context.masked, meta)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from logging import getLogger
 from time import perf_counter
 
 import torch
 
 from recbole_bet.config import pretrain_key_items
+from recbole_bet.files import atomic_write
 from recbole_bet.masking import plain_state_dict
 from recbole_bet.training import train_to_convergence
 
@@ -42,10 +42,8 @@ def _load(path: str):
 
 def _save(path: str, state: dict, valid: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    torch.save({"state": {k: v.cpu() for k, v in state.items()}, "valid": valid}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        torch.save({"state": {k: v.cpu() for k, v in state.items()}, "valid": valid}, fh)
 
 
 def pretrained(ctx, variant: str = "", train=None) -> tuple[dict, dict, float]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from logging import getLogger
 from time import perf_counter
 
@@ -22,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_bet.budget import block_min_count, block_units, check_blocks_feasible, fit_block_counts
-from recbole_bet.methods import Method, Selection
-from recbole_bet.search.pretrain import cache_path, pretrained
+from recbole_bet.files import atomic_write
+from recbole_bet.methods.base import Method, Selection
+from recbole_bet.pretrain import cache_path, pretrained
 from recbole_bet.training import Scorer, train_to_convergence, validation_subset
 
 ESTIMATOR_METRIC = "recall@100"  # the paper's (Appendix B)
@@ -236,10 +236,8 @@ def _load_pairs(path: str):
 def _save_pairs(path: str, selections, targets) -> None:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path) or ".")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path) as fh:
             np.savez(fh, selections=selections, targets=targets)
-        os.replace(tmp, path)
     except OSError as exc:
         getLogger().warning(f"could not cache RULE's estimator pairs at {path}: {exc}")
 
@@ -313,6 +311,11 @@ def _holdout(selections, targets, config) -> dict:
 class RULE(Method):
     name = "rule"
     element_masks = True  # selected blocks are any columns of a row, not a prefix
+
+    def check_budgets(self, ctx, budgets) -> None:
+        space = build_space(ctx)
+        for b in budgets:
+            check_blocks_feasible(b, space.n_blocks, space.min_count)
 
     def select(self, ctx) -> Selection:
         config, b, logger = ctx.config, ctx.budget, getLogger()

@@ -9,19 +9,14 @@ import numpy as np
 import torch
 
 from recbole_bet.config import pretrain_key_items
-from recbole_bet.methods import Method, Selection
-from recbole_bet.search import checkpoint
-from recbole_bet.search.loop import Member, SearchLoop, iteration_seed
-from recbole_bet.search.predictor import PredictorTrainer, build_predictor
-from recbole_bet.search.pretrain import pretrained
-from recbole_bet.search.sampler import ActionSampler
-from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, train_loader_with_batch_size,
-                                  validation_subset)
-
-
-def quality(result: dict) -> float:
-    """Paper Eq. 13: the mean of Recall@k and NDCG@k over k in {5, 10, 20}."""
-    return float(np.mean([result[k] for k in FITNESS_METRICS]))
+from recbole_bet.methods.base import Method, Selection
+from recbole_bet.methods.bet import checkpoint
+from recbole_bet.methods.bet.loop import Member, SearchLoop, iteration_seed
+from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
+from recbole_bet.methods.bet.sampler import ActionSampler
+from recbole_bet.pretrain import pretrained
+from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, quality,
+                                  train_loader_with_batch_size, validation_subset)
 
 
 def run_identity(config) -> dict:
@@ -35,6 +30,7 @@ def run_identity(config) -> dict:
 
 class BET(Method):
     name = "bet"
+    resumable = True
 
     def select(self, ctx) -> Selection:
         config = ctx.config
