@@ -5,7 +5,7 @@
 Used to show that a change which should not change results does not: run the same command (same seed,
 ``OMP_NUM_THREADS=1`` so that CPU kernels sum in one order) with the code before and after, then compare.
 The artifact's zip members are compared by content (``np.savez`` stamps each member with the time it was
-written, so the files' bytes differ between any two runs). ``timings_s`` and ``output_dir`` are ignored.
+written, so the files' bytes differ between any two runs). Timings (``timings_s``, ``seconds``, ``*_s`` at any depth) and ``output_dir`` are ignored.
 Exit status 0 when everything matches, 1 otherwise (each difference is printed).
 """
 from __future__ import annotations
@@ -18,10 +18,19 @@ from pathlib import Path
 IGNORED = {"timings_s"}
 
 
+def _timing(key) -> bool:
+    return key == "seconds" or str(key).endswith("_s") or key in IGNORED
+
+
 def _flatten(value, prefix=""):
+    """(dotted key, leaf) pairs; timings (``seconds``, ``*_s``, ``timings_s``) are left out at any depth."""
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _flatten(v, f"{prefix}{k}.")
+            if not _timing(k):
+                yield from _flatten(v, f"{prefix}{k}.")
+    elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{prefix}{i}.")
     else:
         yield prefix.rstrip("."), value
 
@@ -37,7 +46,7 @@ def compare(old: Path, new: Path) -> list[str]:
             continue
         fa, fb = dict(_flatten(a.get(k), k)), dict(_flatten(b.get(k), k))
         for key in sorted(set(fa) | set(fb)):
-            if key.endswith("output_dir") or ".timings" in key or key.endswith("_s"):
+            if key.endswith("output_dir"):
                 continue
             if fa.get(key) != fb.get(key):
                 diffs.append(f"report {key}: {fa.get(key)!r} vs {fb.get(key)!r}")

@@ -31,6 +31,7 @@ def main():
     from recbole_bet.pipeline import prepare
     from recbole_bet.training import quality
     from recbole_bet.methods.bet.loop import iteration_seed
+    from recbole_bet.methods.bet.method import finetune_batch_size
     from recbole_bet.pretrain import pretrained
     from recbole_bet.methods.bet.sampler import ActionSampler
     from recbole_bet.training import Finetuner, train_loader_with_batch_size, validation_subset
@@ -47,7 +48,7 @@ def main():
     sampler = ActionSampler(ctx.budget, ctx.user_freq, ctx.item_freq, beta_max=config["bet_beta_max"])
     actions = sampler.sample(args.actions, np.random.default_rng(config["seed"]))
     finetuner = Finetuner(config, ctx.model)
-    data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
+    data = train_loader_with_batch_size(config, ctx.train_data, finetune_batch_size(config, len(ctx.train_data)))
     fitness = {f: [] for f in loaders}
     for t, sizes in enumerate(actions):
         ctx.reseed(iteration_seed(config["seed"], t))

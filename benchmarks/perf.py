@@ -140,12 +140,13 @@ def search_iteration(ctx, finetune_epochs: int, tmp: Path) -> dict:
     """
     from recbole_bet.methods.bet import method as bet_module
     from recbole_bet.methods.bet.loop import iteration_seed
+    from recbole_bet.methods.bet.method import finetune_batch_size
     from recbole_bet.training import Finetuner, train_loader_with_batch_size
 
     config = ctx.config
     pre_state = ctx.init_state  # timing does not depend on the weights being pretrained
     finetuner = Finetuner(config, ctx.model)
-    data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
+    data = train_loader_with_batch_size(config, ctx.train_data, finetune_batch_size(config, len(ctx.train_data)))
     parts = {}
 
     def add(key, seconds):

@@ -286,10 +286,23 @@ def assign_by_rank(sorted_sizes: np.ndarray, rank_order: np.ndarray) -> np.ndarr
     return out
 
 
-def equal_sizes(budget: Budget) -> np.ndarray:
-    """Every user and item gets the same size: the largest that fits the budget."""
+def equal_sizes(budget: Budget, user_freq=None, item_freq=None) -> np.ndarray:
+    """Every user and item gets the same size: the largest that fits the budget.
+
+    With frequencies (the fill rule, docs/methods.md), the units that flooring leaves over (fewer than one per
+    entity) go one each to the most frequent users and items, split between users and items in proportion to
+    their numbers, so that the budget is used to the unit: without it ES keeps up to 1/size less than the
+    budget (6.25% at d_max 128 and sparsity 0.9)."""
     size = min(budget.d_max, budget.budget_units // budget.n_entities)
-    return np.full(budget.n_entities, size, dtype=np.int64)
+    sizes = np.full(budget.n_entities, size, dtype=np.int64)
+    if user_freq is None or item_freq is None or size >= budget.d_max:
+        return sizes
+    rest = budget.budget_units - size * budget.n_entities
+    to_users = int(round(rest * budget.n_users / budget.n_entities))
+    for offset, freq, extra in ((0, user_freq, to_users), (budget.n_users, item_freq, rest - to_users)):
+        order = np.argsort(-np.asarray(freq), kind="stable")[:extra]  # most frequent first; ties: lower id
+        sizes[offset + order] += 1
+    return sizes
 
 
 def keep_top_entries(scores: np.ndarray, budget: Budget) -> np.ndarray:

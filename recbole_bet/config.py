@@ -20,7 +20,7 @@ from recbole_bet.models import configure_width
 RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
-METHOD_KEY_PREFIXES = ("bet_", "pep_", "sseds_", "esapn_", "rule_")
+METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
@@ -133,6 +133,21 @@ def validate(config) -> None:
     for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
                 "bet_predictor_updates", "bet_predictor_batch_size"):
         _positive_int(config, key)
+    if config["bet_finetune_batch_size"] != "auto":
+        value = config["bet_finetune_batch_size"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"bet_finetune_batch_size must be 'auto' or an integer >= 1, got {value!r} "
+                           "(e.g. --bet_finetune_batch_size=10000, the paper's)")
+    for key, allowed in (("es_fill", ("frequency", "none")), ("es_init", ("scratch", "pretrained")),
+                         ("sseds_init", ("pretrained", "scratch"))):
+        if config[key] not in allowed:
+            raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
+    window = config["convergence_window"]
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise BadInput(f"convergence_window must be an integer >= 0 (epochs; 0: RecBole's patience rule), got {window!r}")
+    tol = config["convergence_tol"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+        raise BadInput(f"convergence_tol must be a number >= 0 (a relative gain, e.g. 0.001), got {tol!r}")
     if method == "bet" and config["bet_retrain_top_k"] > config["bet_iterations"]:
         raise BadInput(
             f"bet_retrain_top_k ({config['bet_retrain_top_k']}) cannot exceed bet_iterations "

@@ -4,7 +4,7 @@ Built by the run (``pipeline.prepare``) or around a model a RecBole script built
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 import numpy as np
@@ -37,6 +37,9 @@ class RunContext:
     scorer: Scorer
     checkpoint_path: str = ""  # where a method that searches checkpoints its progress
     resume: bool = False  # continue from checkpoint_path
+    # one entry per training to convergence in this run (Convergence.record plus label and seconds): the report's
+    # "trainings", so a reader sees whether each converged or hit the epoch cap
+    trainings: list = field(default_factory=list)
 
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
@@ -48,18 +51,23 @@ class RunContext:
         init_seed(seed, self.config["reproducibility"])
         self.train_data.generator.manual_seed(seed)
 
-    def train_from(self, state: dict, sizes=None, keep=None):
+    def train_to_convergence(self, label: str) -> dict:
+        """Train ``model`` as it stands to convergence (recorded in ``trainings``); returns the best validation."""
+        return train_to_convergence(self.config, self.model, self.train_data, self.valid_data, record=self.trainings,
+                                    label=label)
+
+    def train_from(self, state: dict, sizes=None, keep=None, label: str = "retrain"):
         """Train to convergence from ``state`` with the given prefix sizes or element mask fixed, RNGs reseeded
         first: (trained weights, validation result, seconds)."""
         start = perf_counter()
         self.reseed()
         self.masked.load(state, sizes, keep)
-        valid = train_to_convergence(self.config, self.model, self.train_data, self.valid_data)
+        valid = self.train_to_convergence(label)
         return plain_state_dict(self.model), valid, perf_counter() - start
 
-    def train_from_scratch(self, sizes):
+    def train_from_scratch(self, sizes, label: str = "from scratch"):
         """Fresh weights, the given sizes, RecBole's Trainer to convergence: (state, valid, seconds)."""
-        return self.train_from(self.init_state, sizes)
+        return self.train_from(self.init_state, sizes, label=label)
 
 
 def _frequencies(train_dataset, n_users: int, n_items: int):

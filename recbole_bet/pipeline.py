@@ -81,6 +81,8 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         "budget_applied": bool(selection.budget_applied),
         "valid": pick(valid), "test": pick(test),
         "search": selection.search,
+        # every training to convergence of this run: epochs, best epoch, whether it converged or hit the cap
+        "trainings": ctx.trainings,
         "timings_s": timings,
         "artifact": "table.npz", "artifact_bytes": None,
         "dense_bytes": b.dense_bytes,

@@ -18,7 +18,6 @@ import torch
 from recbole_bet.config import pretrain_key_items
 from recbole_bet.files import atomic_write
 from recbole_bet.masking import plain_state_dict
-from recbole_bet.training import train_to_convergence
 
 
 def cache_path(config, variant: str = "", suffix: str = ".pt") -> str:
@@ -34,16 +33,17 @@ def cache_path(config, variant: str = "", suffix: str = ".pt") -> str:
 def _load(path: str):
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved["state"], saved["valid"]
+        return saved["state"], saved["valid"], saved.get("training")
     except Exception as exc:  # a truncated or foreign file is a cache miss, never a crash
         getLogger().warning(f"ignoring unreadable pretrain cache {path}: {exc}")
         return None
 
 
-def _save(path: str, state: dict, valid: dict) -> None:
+def _save(path: str, state: dict, valid: dict, training: dict | None) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with atomic_write(path) as fh:
-        torch.save({"state": {k: v.cpu() for k, v in state.items()}, "valid": valid}, fh)
+        torch.save({"state": {k: v.cpu() for k, v in state.items()}, "valid": valid,
+                    "training": json.dumps(training)}, fh)
 
 
 def pretrained(ctx, variant: str = "", train=None) -> tuple[dict, dict, float]:
@@ -55,19 +55,23 @@ def pretrained(ctx, variant: str = "", train=None) -> tuple[dict, dict, float]:
     path = cache_path(ctx.config, variant)
     logger = getLogger()
     cached = _load(path) if os.path.isfile(path) else None
+    label = f"pretrain {variant.split(':')[0]}".strip()
     if cached is not None:
-        state, valid = cached
+        state, valid, training = cached
         logger.info(f"pretrained model loaded from cache {path}")
+        training = json.loads(training) if training else None
+        ctx.trainings.append(dict({"label": label}, **(training or {}), cached=True))
         return state, valid, perf_counter() - start
     logger.info("pretraining the full-width model to convergence")
     ctx.reseed()
     ctx.masked.load(ctx.init_state)
-    result = train(ctx) if train is not None else train_to_convergence(ctx.config, ctx.model, ctx.train_data,
-                                                                       ctx.valid_data)
+    before = len(ctx.trainings)
+    result = train(ctx) if train is not None else ctx.train_to_convergence(label)
     valid = {k: float(v) for k, v in result.items()}
     state = plain_state_dict(ctx.model)
+    training = ctx.trainings[before] if len(ctx.trainings) > before else None
     try:
-        _save(path, state, valid)
+        _save(path, state, valid, training)
     except OSError as exc:  # the cache is an optimisation: a read-only disk must not stop the run
         logger.warning(f"could not cache the pretrained model at {path}: {exc}")
     return state, valid, perf_counter() - start

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.loss import BPRLoss
-from recbole.utils import early_stopping
 from torch import nn
 
 from recbole_bet.budget import Budget
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import plain_state_dict
 from recbole_bet.methods.base import Method, Selection
-from recbole_bet.training import REPORT_METRICS, adam, pick, train_loader_with_batch_size, validation_pairs_loader
+from recbole_bet.training import (REPORT_METRICS, Convergence, adam, pick, train_loader_with_batch_size,
+                                  validation_pairs_loader)
 
 KEEP, ENLARGE = 0, 1
 FREQUENCY_DIM = 32  # width of the frequency embedding in the authors' code
@@ -435,7 +435,8 @@ class SizeSearch:
         held_out = validation_pairs_loader(config, ctx.train_data, ctx.valid_data, self.settings.batch_size)
         held_out.generator.manual_seed(seed + 1)
         validation_batches = _cycle(held_out)
-        best_score, patience, best, per_epoch = -np.inf, 0, None, []
+        convergence, best_score, best, per_epoch = Convergence(config, eval_step=1), -np.inf, None, []
+        started = perf_counter()
         with self.losses:
             for epoch in range(config["epochs"]):
                 start, enlarged_before, losses = perf_counter(), self.enlarged, []
@@ -444,10 +445,9 @@ class SizeSearch:
                     losses.append(self.model_step(batch.to(self.device)))
                 self.frequency.complete = True
                 valid = ctx.evaluate(ctx.valid_data)
-                best_score, patience, stop, improved = early_stopping(valid[metric], best_score, patience,
-                                                                      max_step=config["stopping_step"])
-                if epoch + 1 < (config["warmup_epochs"] or 0):
-                    patience, stop = 0, False
+                improved = valid[metric] > best_score
+                best_score = max(best_score, valid[metric])
+                stop = convergence.update(valid[metric])
                 sizes = self.current_sizes()
                 if improved:
                     best = (epoch + 1, sizes, plain_state_dict(self.model), dict(valid))
@@ -463,6 +463,10 @@ class SizeSearch:
                     f"{per_epoch[-1]['seconds']:.1f} s")
                 if stop:
                     break
+        warning = convergence.warning()
+        if warning:
+            logger.warning(f"esapn: {warning}")
+        ctx.trainings.append(dict(convergence.record(), label="esapn search", seconds=perf_counter() - started))
         best_epoch, sizes, state, valid = best
         return SearchOutcome(sizes, state, valid, len(per_epoch), best_epoch, per_epoch)
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from time import perf_counter
+
 from recbole_bet.budget import allocate_sorted, equal_sizes
-from recbole_bet.methods.base import SizeBaseline
+from recbole_bet.methods.base import Selection, SizeBaseline
+from recbole_bet.pretrain import pretrained
 
 
 class EqualSizes(SizeBaseline):
@@ -13,7 +16,23 @@ class EqualSizes(SizeBaseline):
     name = "es"
 
     def propose(self, ctx):
+        if ctx.config["es_fill"] == "frequency":
+            return equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
         return equal_sizes(ctx.budget)
+
+    def select(self, ctx) -> Selection:
+        """``es_init: scratch`` trains from a fresh initialisation (ES as published); ``pretrained`` ("es-warm",
+        the control for SSEDS's warm start) starts from the cached full-width model's first columns and
+        trains them like SSEDS's retraining."""
+        if ctx.config["es_init"] != "pretrained":
+            return super().select(ctx)
+        pre_state, _, pretrain_s = pretrained(ctx)
+        start = perf_counter()
+        sizes = self.propose(ctx)
+        search_s = perf_counter() - start
+        state, valid, retrain_s = ctx.train_from(pre_state, sizes, label="es retrain from pretrained")
+        return Selection(sizes, state, valid, {"init": "pretrained"},
+                         {"pretrain": pretrain_s, "search": search_s, "retrain": retrain_s})
 
 
 class MixedRandom(SizeBaseline):

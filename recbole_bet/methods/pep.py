@@ -17,7 +17,6 @@ from torch.nn.utils import parametrize
 from recbole_bet.budget import keep_top_entries
 from recbole_bet.masking import per_entity
 from recbole_bet.methods.base import Method, Selection, kept_summary
-from recbole_bet.training import train_to_convergence
 
 
 class SoftThreshold(nn.Module):
@@ -60,7 +59,7 @@ class PEP(Method):
             parametrize.register_parametrization(t.module, "weight", thresholds[t.name])
         logger.info(f"PEP: training with {config['pep_threshold_granularity']} soft thresholds to convergence")
         try:
-            threshold_valid = train_to_convergence(config, ctx.model, ctx.train_data, ctx.valid_data)
+            threshold_valid = ctx.train_to_convergence("pep thresholds")
             with torch.no_grad():
                 scores, gates = {}, []
                 for t in masked.tables:
@@ -85,6 +84,6 @@ class PEP(Method):
         search_s = perf_counter() - start
         logger.info(f"PEP: {search['entries_below_threshold']:.1%} of entries below their threshold; "
                     "retraining the pruned tables from the initial weights")
-        state, valid, retrain_s = ctx.train_from(ctx.init_state, keep=keep)
+        state, valid, retrain_s = ctx.train_from(ctx.init_state, keep=keep, label="pep retrain")
         return Selection(keep.sum(axis=1), state, valid, search,
                          {"pretrain": 0.0, "search": search_s, "retrain": retrain_s}, keep=keep)

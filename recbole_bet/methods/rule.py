@@ -24,7 +24,7 @@ from recbole_bet.budget import block_min_count, block_units, check_blocks_feasib
 from recbole_bet.files import atomic_write
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.pretrain import cache_path, pretrained
-from recbole_bet.training import Scorer, train_to_convergence, validation_subset
+from recbole_bet.training import Scorer, validation_subset
 
 ESTIMATOR_METRIC = "recall@100"  # the paper's (Appendix B)
 
@@ -156,7 +156,7 @@ def train_with_diversity(ctx) -> dict:
 
     model.calculate_loss = loss_with_diversity  # an instance attribute: the stock class is untouched
     try:
-        return train_to_convergence(config, model, ctx.train_data, ctx.valid_data)
+        return ctx.train_to_convergence("rule training")
     finally:
         del model.calculate_loss
 

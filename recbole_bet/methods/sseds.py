@@ -75,8 +75,11 @@ class SSEDS(Method):
                   "pretrain_valid_ndcg@20": float(pretrain_valid.get("ndcg@20", float("nan"))),
                   **extra, **kept_summary(ctx.budget, keep)}
         search_s = perf_counter() - start
-        logger.info(f"SSEDS: {granularity}-level saliency on {batches or 'all'} batch(es); "
-                    "retraining from the pruned pretrained weights")
-        state, valid, retrain_s = ctx.train_from(state, keep=keep)
+        cold = config["sseds_init"] == "scratch"  # "sseds-cold": the control for the warm start
+        search["init"] = config["sseds_init"]
+        logger.info(f"SSEDS: {granularity}-level saliency on {batches or 'all'} batch(es); retraining from "
+                    + ("a fresh initialisation" if cold else "the pruned pretrained weights"))
+        state, valid, retrain_s = ctx.train_from(ctx.init_state if cold else state, keep=keep,
+                                                 label="sseds retrain" + (" from scratch" if cold else ""))
         return Selection(keep.sum(axis=1), state, valid, search,
                          {"pretrain": pretrain_s, "search": search_s, "retrain": retrain_s}, keep=keep)

@@ -51,8 +51,11 @@ class BET(Method):
 
         search_start = perf_counter()
         finetuner = Finetuner(config, ctx.model)
-        finetune_data = train_loader_with_batch_size(config, ctx.train_data, config["bet_finetune_batch_size"])
         epochs = config["bet_finetune_epochs"]
+        finetune_batch = finetune_batch_size(config, len(ctx.train_data))
+        finetune_data = train_loader_with_batch_size(config, ctx.train_data, finetune_batch)
+        getLogger().info(f"BET probes: {epochs} epochs at batch {finetune_batch}, {len(finetune_data) * epochs} "
+                         "optimiser steps each")
 
         def probe(sizes: np.ndarray, t: int) -> float:
             """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness."""
@@ -90,7 +93,8 @@ class BET(Method):
 
         save_retrain.since = retrain_start
         retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
-            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch, done, save_retrain)
+            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch, done, save_retrain,
+            None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data)))
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         search = {
             "iterations": [
@@ -102,6 +106,8 @@ class BET(Method):
             "retrained": retrained,
             "chosen": chosen,
             "pretrained_valid": pick(full_valid, REPORT_METRICS),
+            "finetune_batch_size": finetune_batch,
+            "finetune_steps_per_probe": len(finetune_data) * epochs,
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
@@ -131,7 +137,7 @@ def _members_from(meta, saved) -> list:
                    m["seconds"]) for i, m in enumerate(meta["members"])]
 
 
-def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=None):
+def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=None, evaluate_test=None):
     """Paper 3.5.2: train each top action from scratch; choose by validation quality (Eq. 13-14).
 
     ``train_from_scratch(sizes) -> (weights, valid metrics, seconds)``. ``done`` carries retrainings
@@ -150,6 +156,8 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
         weights, valid, _ = train_from_scratch(member.sizes)
         entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
                         "valid_quality": quality(valid), "kept_params": member.kept_params})
+        if evaluate_test is not None:  # reported only ("bet@1" is the first); the choice is on validation
+            entries[-1]["test"] = pick(evaluate_test())
         if best_rank is None or entries[-1]["valid_quality"] > entries[best_rank]["valid_quality"]:
             best_rank, best_weights = rank, weights
         if on_retrained is not None:
@@ -157,6 +165,24 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
     best = entries[best_rank]
     report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
     return report_entries, best_rank, (top[best_rank].sizes, best_weights, best["valid"])
+
+
+# optimiser steps of one probe in the paper's setting: Gowalla's 513,685 training interactions at batch 10,000
+# (52 steps per epoch) for 10 epochs; "auto" scales the probe batch so that smaller data keeps that many steps
+PAPER_PROBE_STEPS = 520
+AUTO_BATCH_BOUNDS = (128, 10000)
+
+
+def finetune_batch_size(config, steps_per_epoch: int) -> int:
+    """``bet_finetune_batch_size``, or for ``auto`` the batch that gives a probe about PAPER_PROBE_STEPS steps,
+    from the training loader's ``steps_per_epoch`` at ``train_batch_size`` (bounded: at most the paper's 10,000,
+    at least 128)."""
+    value = config["bet_finetune_batch_size"]
+    if value != "auto":
+        return int(value)
+    rows = steps_per_epoch * config["train_batch_size"]  # rows per epoch, negatives included where the loader adds them
+    batch = round(rows * config["bet_finetune_epochs"] / PAPER_PROBE_STEPS)
+    return int(min(max(batch, AUTO_BATCH_BOUNDS[0]), AUTO_BATCH_BOUNDS[1]))
 
 
 def fitness_loader(ctx):

@@ -1,0 +1,133 @@
+"""The shared training protocol (Convergence), equal budgets (ES's fill rule), warm/cold controls, bet@1."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import QUICK, make_context, run_cli
+from recbole_bet.budget import equal_sizes, make_budget
+from recbole_bet.training import Convergence
+
+
+def conv(**keys):
+    config = {"eval_step": 1, "convergence_window": 3, "convergence_tol": 0.0, "warmup_epochs": 0,
+              "stopping_step": 2, "epochs": 100, **keys}
+    return Convergence(config)
+
+
+def run_until_stop(c, scores):
+    for i, s in enumerate(scores, 1):
+        if c.update(s):
+            return i
+    return None
+
+
+def test_window_rule_stops_when_the_last_window_gains_nothing():
+    # best 0.5 at epoch 3; epochs 4-6 stay below it: the window of 3 after it gained nothing -> stop at 6
+    assert run_until_stop(conv(), [0.1, 0.3, 0.5, 0.4, 0.45, 0.49, 0.6]) == 6
+    # a plateau that rises again within the window keeps it going
+    assert run_until_stop(conv(), [0.1, 0.3, 0.5, 0.5, 0.5, 0.51, 0.5, 0.5, 0.5]) == 9
+
+
+def test_window_rule_tolerance_and_minimum():
+    scores = [0.1, 0.5, 0.501, 0.502, 0.503, 0.5035, 0.504]
+    assert run_until_stop(conv(), scores) is None  # every window gains a little
+    assert run_until_stop(conv(convergence_tol=0.01), scores) == 5  # under 1% counts as no gain
+    assert run_until_stop(conv(convergence_tol=0.01, warmup_epochs=6), scores) == 6  # never before the minimum
+
+
+def test_patience_rule_matches_recbole_and_the_record_says_so():
+    c = conv(convergence_window=0, stopping_step=2)
+    assert run_until_stop(c, [0.1, 0.5, 0.4, 0.4, 0.4]) == 5  # three evaluations after the best
+    record = c.record()
+    assert record["converged"] and record["best_epoch"] == 2 and record["epochs"] == 5
+    assert c.warning() is None
+
+
+def test_cap_while_improving_is_not_converged_and_warns():
+    c = conv(epochs=5)
+    for s in [0.1, 0.2, 0.3, 0.4, 0.5]:
+        c.update(s)
+    record = c.record()
+    assert not record["converged"] and record["epochs"] == 5 and record["best_epoch"] == 5
+    assert "epoch cap" in c.warning() and "raise --epochs" in c.warning()
+
+
+def test_trainer_stops_on_the_window_and_reports_each_training(tmp_path):
+    from recbole_bet.training import train_to_convergence
+
+    ctx = make_context("LightGCN", tmp_path, epochs=40, convergence_window=2, convergence_tol=0.5,
+                       warmup_epochs=3)
+    record = []
+    train_to_convergence(ctx.config, ctx.model, ctx.train_data, ctx.valid_data, verbose=False, record=record,
+                         label="probe")
+    (r,) = record
+    # a 50% tolerance: a window of 2 can hardly gain that much, so it stops soon after the minimum
+    assert r["label"] == "probe" and r["converged"] and 3 <= r["epochs"] < 40 and r["rule"] == "window 2, tol 0.5"
+    assert 1 <= r["best_epoch"] <= r["epochs"]
+
+
+def test_es_fill_uses_the_budget_to_the_unit_and_favours_frequent_rows():
+    b = make_budget(0.9, 128, 1, 943, 1682, 1)
+    freq_u, freq_i = np.arange(943)[::-1], np.arange(1682)
+    plain = equal_sizes(b)
+    filled = equal_sizes(b, freq_u, freq_i)
+    assert b.realized_sparsity(b.kept_params(plain)) > 0.905  # the old rule: 6.25% of the budget unused
+    assert b.fits(filled) and b.budget_units - filled.sum() == 0
+    assert 0.9 <= b.realized_sparsity(b.kept_params(filled)) <= 0.905
+    assert set(np.unique(filled)) == {plain[0], plain[0] + 1}
+    users, items = filled[:943], filled[943:]
+    assert users[0] == plain[0] + 1 and users[-1] == plain[0]  # user 0 is the most frequent
+    assert items[-1] == plain[0] + 1 and items[0] == plain[0]  # the last item is the most frequent
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
+def test_es_realised_sparsity_within_half_a_percent(sparsity, tmp_path):
+    ctx = make_context("NeuMF", tmp_path, sparsity=sparsity)
+    from recbole_bet.methods import get_method
+
+    sizes = get_method("es").propose(ctx)
+    b = ctx.budget
+    assert b.fits(sizes) and sparsity <= b.realized_sparsity(b.kept_params(sizes)) <= sparsity + 0.005
+
+
+def test_warm_and_cold_controls_and_bet_at_1(tmp_path):
+    """es_init=pretrained starts ES from the pretrained columns (one pretraining, cached); sseds_init=scratch
+    retrains SSEDS's mask from the initial weights; BET's report lists each retrained action's test metrics."""
+    reports = {}
+    common = ["--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2",
+              f"--pretrain_cache_dir={tmp_path / 'cache'}"]
+    for name, extra in (("es-warm", ["--method=es", "--es_init=pretrained"]),
+                        ("es", ["--method=es"]),
+                        ("sseds-cold", ["--method=sseds", "--sseds_init=scratch"]),
+                        ("bet", ["--method=bet", "--bet_retrain_top_k=2"])):
+        out = tmp_path / name
+        proc = run_cli(*common, *extra, f"--output_dir={out}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports[name] = json.loads((out / "report.json").read_text())
+    warm = reports["es-warm"]
+    assert warm["search"] == {"init": "pretrained"}
+    assert [t["label"] for t in warm["trainings"]] == ["pretrain", "es retrain from pretrained"]
+    assert warm["trainings"][1]["epochs"] == 2 and warm["trainings"][1]["converged"] is False
+    assert warm["test"] != reports["es"]["test"]  # another start, another result
+    assert reports["es"]["trainings"][0]["label"] == "from scratch"
+    cold = reports["sseds-cold"]
+    assert cold["search"]["init"] == "scratch" and cold["trainings"][-1]["label"] == "sseds retrain from scratch"
+    assert cold["trainings"][0]["cached"] is True  # es-warm's pretraining served SSEDS too
+    bet = reports["bet"]
+    retrained = bet["search"]["retrained"]
+    assert len(retrained) == 2 and all(set(r["test"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
+                                       for r in retrained)
+    assert retrained[bet["search"]["chosen"]]["test"] == bet["test"]
+    assert bet["search"]["finetune_batch_size"] >= 128 and bet["search"]["finetune_steps_per_probe"] >= 1
+
+
+def test_auto_probe_batch_scales_to_the_paper_steps():
+    from recbole_bet.methods.bet.method import PAPER_PROBE_STEPS, finetune_batch_size
+
+    config = {"bet_finetune_batch_size": "auto", "train_batch_size": 2048, "bet_finetune_epochs": 10}
+    # ml-100k LightGCN: 50,000 training pairs at 2048 -> 25 steps an epoch -> batch ~985, ~51 steps an epoch
+    batch = finetune_batch_size(config, 25)
+    assert batch == round(25 * 2048 * 10 / PAPER_PROBE_STEPS)
+    assert finetune_batch_size(config, 10 ** 6) == 10000 and finetune_batch_size(config, 1) == 128
+    assert finetune_batch_size(dict(config, bet_finetune_batch_size=10000), 25) == 10000
