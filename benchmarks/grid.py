@@ -470,9 +470,9 @@ def _typed(row: dict) -> dict:
         v = row.get(k, "")
         if v == "" or v is None:
             out[k] = None
-        elif k in ("budget_applied", "resumed"):
+        elif k in ("budget_applied", "resumed", "all_converged"):
             out[k] = v == "True"
-        elif k in ("seed", "kept_params", "budget_params"):
+        elif k in ("seed", "kept_params", "budget_params", "selected_from", "max_epochs"):
             out[k] = int(float(v))
         elif k in ("dataset", "model", "method", "base_method", "grid", "output_dir"):
             out[k] = v
@@ -525,6 +525,11 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
             kept = previous.get(cell.dir_arg)
             if kept is not None and kept["method"] == label and kept["seed"] == cell.seed:
                 rows.append({**kept, "carried": True})
+                one = previous.get(f"{cell.dir_arg}#@1")
+                if one is not None:
+                    rows.append({**one, "carried": True})
+                    expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
+                                        {"n": 0, "base": cell.spec.method})["n"] += 1
             continue
         info = _load_json(cell.dir / "cell.json") or {}
         timings = report.get("timings_s") or {}
@@ -542,13 +547,32 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         row["wall_s"] = info.get("wall_s_total", info.get("wall_s"))
         row["resumed"] = info.get("resumed")
         row["output_dir"] = cell.dir_arg
+        retrained = (report.get("search") or {}).get("retrained") if cell.spec.method == "bet" else None
+        # the final model was chosen (on validation) among this many trainings: BET's top-k, one elsewhere
+        row["selected_from"] = len(retrained) if retrained else 1
+        trainings = report.get("trainings") or []
+        row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
+        row["max_epochs"] = max((t.get("epochs") or 0 for t in trainings), default=None) if trainings else None
         rows.append(row)
+        if retrained and "test" in retrained[0]:  # bet@1: the fittest action retrained once, no extra cost
+            first = retrained[0]
+            one = dict(row, method=f"{label}@1", selected_from=1, output_dir=f"{cell.dir_arg}#@1",
+                       realized_sparsity=1 - first["kept_params"] / report["full_params"],
+                       kept_params=first["kept_params"])
+            for split in ("valid", "test"):
+                for m in METRICS:
+                    one[f"{split}_{m}"] = first[split].get(m)
+            rows.append(one)
+            group1 = expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
+                                         {"n": 0, "base": cell.spec.method})
+            group1["n"] += 1
     return rows, expected
 
 
 CSV_COLUMNS = (["dataset", "model", "method", "base_method", "sparsity", "seed", "realized_sparsity", "kept_params",
                 "budget_params", "budget_applied"] + [f"{s}_{m}" for s in ("valid", "test") for m in METRICS]
-               + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "grid", "output_dir"])
+               + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "selected_from", "all_converged", "max_epochs",
+                                                "grid", "output_dir"])
 
 
 def _n_asked(expected: dict) -> int:
@@ -611,6 +635,10 @@ def summarize(rows: list, expected: dict, model: str) -> tuple:
         g["stats"] = {m: _mean_std([r[f"test_{m}"] for r in g["rows"]]) for m in METRICS}
         g["realized"] = _mean_std([r["realized_sparsity"] for r in g["rows"]])[0]
         g["budget_applied"] = all(r["budget_applied"] for r in g["rows"])
+        froms = sorted({r.get("selected_from") or 1 for r in g["rows"]})
+        g["selected_from"] = "/".join(str(f) for f in froms) if froms else "–"
+        conv = [r.get("all_converged") for r in g["rows"] if r.get("all_converged") is not None]
+        g["converged"] = f"{sum(conv)}/{len(conv)}" if conv else "–"
         walls = [r["wall_s"] if r["wall_s"] is not None else r["total_s"] for r in g["rows"]]
         g["wall"] = sum(w for w in walls if w is not None) if g["rows"] else None
     return groups, sorted(sparsities), labels
@@ -641,6 +669,31 @@ def significance(groups: dict, sparsities: list, labels: list) -> list:
     return out
 
 
+def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str = "recall@20") -> dict:
+    """BET (label ``bet``) against every other label that met the budget: per rival, the count of sparsities
+    where BET wins / ties / loses (paired t-test on ``metric``, p < 0.05), with (sparsity, Δ, p) each."""
+    out = {}
+    for rival in labels:
+        if rival == "bet":
+            continue
+        for s in sparsities:
+            bet, other = groups.get(("bet", s)), groups.get((rival, s))
+            if not bet or not other or not bet["rows"] or not other["rows"] or not other["budget_applied"]:
+                continue
+            a = {k: r[f"test_{metric}"] for k, r in bet["seeds"].items()}
+            b = {k: r[f"test_{metric}"] for k, r in other["seeds"].items()}
+            p, n = _p_value(a, b)
+            if n < 2:
+                continue
+            seeds = sorted(set(a) & set(b))
+            delta = sum(a[k] - b[k] for k in seeds) / len(seeds)
+            outcome = "tie" if p is None or p >= 0.05 else ("win" if delta > 0 else "loss")
+            t = out.setdefault(rival, {"win": 0, "tie": 0, "loss": 0, "detail": []})
+            t[outcome] += 1
+            t["detail"].append((s, delta, p))
+    return out
+
+
 def _paper_for(grids: list, dataset: str) -> tuple:
     paper, sources = {}, []
     for g in grids:
@@ -668,7 +721,10 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
     lines = [f"# {dataset}: results", "",
              f"Produced by `{command}` on {now}.", "",
              "Test metrics of finished cells, `mean ± std` over seeds (std with ddof=1; a bare mean means one "
-             "seed). *realised* is the mean realised sparsity (1 - kept / full parameters). *seeds* is finished / "
+             "seed). *realised* is the mean realised sparsity (1 - kept / full parameters). *from* is how many "
+             "trainings each final model was chosen from on validation (BET: its top-k retrainings; `bet@1` is the "
+             "first of them, the fittest action, at no extra cost). *conv.* is how many cells had every training "
+             "end by the convergence test rather than the epoch cap. *seeds* is finished / "
              "asked for by the grids. *wall* is the summed wall time of the cells' `run_bet.py` subprocesses "
              "(`cell.json`; the report's `timings_s.total` where that is missing). The best mean per sparsity "
              "and metric is in bold.", "",
@@ -688,7 +744,7 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             head.append(SHORT[m])
             if has_paper:
                 head.append(f"{SHORT[m]} paper")
-        head += ["seeds", "wall"]
+        head += ["from", "conv.", "seeds", "wall"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|"]
         for s in sparsities:
             best = {}
@@ -713,7 +769,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                     if has_paper:
                         value = paper.get(model, {}).get(label, {}).get(s, {}).get(m)
                         cells.append("–" if value is None else f"{value:.4f}")
-                cells += [f"{len(g['rows'])}/{g['expected']}", _fmt_wall(g["wall"])]
+                cells += [g["selected_from"], g["converged"], f"{len(g['rows'])}/{g['expected']}",
+                          _fmt_wall(g["wall"])]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if any(not g["budget_applied"] for g in groups.values() if g["rows"]):
@@ -738,6 +795,17 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             lines.append("")
             if any(e["rival"] is None or e["recall@20"] is None or e["ndcg@20"] is None for e in sig):
                 lines += ["n/a: fewer than 2 seeds finished for both methods (or all paired differences equal).", ""]
+        tally = wins_ties_losses(groups, sparsities, labels)
+        if tally:
+            lines += ["BET (label `bet`) against each baseline over the sparsities where both have paired seeds: "
+                      "a win or a loss is a paired t-test on test Recall@20 with p < 0.05 in that direction, "
+                      "anything else a tie.", "",
+                      "| baseline | wins | ties | losses | sparsities (Δ R@20, p) |", "|---|--:|--:|--:|---|"]
+            for rival, t in tally.items():
+                detail = "; ".join(f"{s:g}: {d:+.4f}, {'n/a' if p is None else f'{p:.3f}'}"
+                                   for s, d, p in t["detail"])
+                lines.append(f"| {rival} | {t['win']} | {t['tie']} | {t['loss']} | {detail} |")
+            lines.append("")
     if sources:
         lines += ["Paper columns: " + "; ".join(sources) + ".", ""]
     carried = sum(1 for r in rows if r.get("carried"))

@@ -59,7 +59,8 @@ def test_tiny_grid_runs_resumes_and_survives_a_failing_cell(tmp_path):
     assert sorted(r["method"] for r in rows) == ["es", "mr"]
     assert all(float(r["test_recall@20"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
     md = (results / "ml-100k.md").read_text()
-    assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | seeds | wall |" in md
+    assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | from | conv. | seeds | wall |" in md
+    assert all(r["selected_from"] == "1" and r["all_converged"] == "False" for r in rows)  # 1 epoch: the cap
     assert "| es | 0.9 |" in md and "| mr | 0.9 |" in md and "Produced by `python benchmarks/grid.py" in md
     assert "done" in _status_line(first.stdout, "ml-100k/LightGCN/es/0.9/seed2020")
 
@@ -199,3 +200,16 @@ def test_tables_from_finished_cells(tmp_path):
         assert "matplotlib is not installed" in proc.stdout
     else:
         assert (tmp_path / "results" / "toy.png").stat().st_size > 10_000
+
+
+def test_wins_ties_losses():
+    # BET vs two baselines over paired seeds: clearly ahead of "a", clearly behind "b" at one sparsity, level at another
+    groups = {}
+    for label, s, values in (("bet", 0.9, [0.30, 0.31, 0.32]), ("a", 0.9, [0.20, 0.21, 0.215]),
+                             ("b", 0.9, [0.40, 0.41, 0.425]), ("bet", 0.8, [0.30, 0.31, 0.32]),
+                             ("a", 0.8, [0.31, 0.30, 0.32]), ("b", 0.8, [0.29, 0.33, 0.31])):
+        rows = [{"seed": k, "test_recall@20": v} for k, v in enumerate(values)]
+        groups[label, s] = {"rows": rows, "seeds": dict(enumerate(rows)), "budget_applied": True}
+    tally = grid.wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
+    assert (tally["a"]["win"], tally["a"]["tie"], tally["a"]["loss"]) == (1, 1, 0)
+    assert (tally["b"]["win"], tally["b"]["tie"], tally["b"]["loss"]) == (0, 1, 1)
