@@ -25,6 +25,7 @@ from time import perf_counter
 import numpy as np
 
 METRIC = "ndcg@20"
+PROG = "python benchmarks/convergence.py"
 
 
 def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epochs: int, seed: int,
@@ -146,7 +147,7 @@ def write_report(out: str, command: str) -> None:
         data = json.load(fh)
     runs = data["runs"]
     lines = [f"# Convergence calibration: {', '.join(sorted({r['dataset'] for r in runs}))}", "",
-             "Produced by", "", "```", *data.get("commands", [command]), "```", "",
+             "Produced by", "", "```", *[c for c in data.get("commands", [command]) if c.strip() != PROG], "```", "",
              f"Each run trains for its epoch count with a validation after every epoch and no early stopping "
              f"(validation {METRIC.upper()}, full ranking). 'best' is the run's best validation over all its "
              f"epochs; 'best@E' the best within the first E epochs.", "",
@@ -202,8 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="path without suffix: writes .json, .md, .png")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv for --KEY=VALUE: ours are not its keys
     command = "python benchmarks/convergence.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv for --KEY=VALUE: ours are not its keys
     path = args.out + ".json"
     data = {"runs": [], "commands": []}
     if os.path.exists(path):
