@@ -41,7 +41,7 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
     sparsity = 0.9 if arm == "full" else float(arm[2:])
     config = make_config(model, dataset, config_files, {
         "method": "es", "sparsity": sparsity, "learning_rate": lr, "train_batch_size": batch, "epochs": epochs,
-        "stopping_step": 10 ** 9, "eval_step": 1, "seed": seed, "show_progress": False,
+        "stopping_step": 10 ** 9, "convergence_window": 0, "warmup_epochs": 0, "eval_step": 1, "seed": seed, "show_progress": False,
         "state": "WARNING",  # RecBole's per-epoch INFO lines for 1000 epochs say nothing the curve does not
     })
     init_seed(config["seed"], config["reproducibility"])
