@@ -831,7 +831,7 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
         import matplotlib
     except ImportError:
         print(f"note: matplotlib is not installed, so {path.name} was not drawn; install it with "
-              "`pip install matplotlib` (or the package's `bench` extra) and rerun with --tables-only")
+              "`pip install matplotlib` (a dependency of recbole-bet) and rerun with --tables-only")
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
 
@@ -100,6 +101,57 @@ def make_config(model: str, dataset: str, config_file_list=None, config_dict=Non
     validate(config)
     configure_width(config, config["d_max"])
     return config
+
+
+# what recbole-bet's methods read from RecBole's evaluation: BET's fitness (Eq. 13) and the report
+NEEDED_METRICS = ("Recall", "NDCG")
+NEEDED_TOPK = (5, 10, 20)
+
+
+def adopt_recbole_config(config, model) -> None:
+    """Make a plain RecBole ``Config`` (built without ``make_config``) usable by recbole-bet, in place.
+
+    recbole-bet's own keys that the config lacks take their defaults from ``properties/overall.yaml`` and
+    ``properties/model/<MODEL>.yaml`` (RecBole's keys, and any key the user set, are left alone); ``d_max``
+    defaults to the width of the model's user/item tables; Recall and NDCG at 5, 10 and 20 are added to the
+    metrics if missing (BET's fitness needs them). Then the keys are validated as ``make_config`` does.
+    A config from ``make_config`` passes through unchanged."""
+    from recbole_bet.masking import find_tables
+
+    loader = Config._build_yaml_loader(None)
+    props = properties_dir()
+    defaults = {}
+    for path in (props / "overall.yaml", props / "model" / f"{config['model']}.yaml"):
+        if path.is_file():
+            with open(path) as fh:
+                defaults.update(yaml.load(fh, Loader=loader) or {})
+    user_keys = set(config.final_config_dict)
+    for key, value in defaults.items():
+        if key not in config.final_config_dict and key != "d_max":  # d_max: the tables' own width, below
+            config[key] = value
+    tables = find_tables(model, model.n_users, model.n_items)
+    widths = sorted({t.module.embedding_dim for t in tables})
+    if config.final_config_dict.get("d_max") is None:
+        if len(widths) != 1:
+            raise BadInput(f"the user/item tables of {config['model']} have different widths {widths}; "
+                           "recbole-bet needs one width, d_max")
+        config["d_max"] = widths[0]
+    elif widths != [config["d_max"]]:
+        shown = widths[0] if len(widths) == 1 else widths
+        raise BadInput(f"d_max={config['d_max']} but the user/item tables of {config['model']} are {shown} wide; "
+                       f"leave d_max unset to compress the tables as built, or build the model with its width key "
+                       f"(e.g. embedding_size) set to {config['d_max']}")
+    if "esapn_candidate_sizes" not in user_keys and config["d_max"] != defaults.get("d_max"):
+        # the paper's sizes are for d_max 128: scale the default ladder to the tables' width
+        scale = config["d_max"] / defaults["d_max"]
+        config["esapn_candidate_sizes"] = sorted({max(1, int(d * scale)) for d in defaults["esapn_candidate_sizes"]})
+    metrics = list(config["metrics"] or [])
+    lower = {m.lower() for m in metrics}
+    config["metrics"] = metrics + [m for m in NEEDED_METRICS if m.lower() not in lower]
+    topk = config["topk"]
+    topk = [topk] if isinstance(topk, int) else list(topk or [])
+    config["topk"] = sorted(set(topk) | set(NEEDED_TOPK))
+    validate(config)
 
 
 def _positive_int(config, key, minimum=1):
@@ -254,6 +306,58 @@ def check_dataset_files(config) -> None:
             f"dataset {config['dataset']!r} not found: no {path}; put RecBole atomic files there, change "
             "--data_path, or convert LightGCN-format data with: python -m recbole_bet convert --input=DIR"
         )
+    check_inter_file(path, config)
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_inter_file(path: str, config) -> None:
+    """Refuse a malformed atomic ``.inter`` file with one line that names the file and the fix, before RecBole
+    reads it (RecBole tracebacks on each of these): empty, no ``name:type`` header, a header field without a
+    type or with an unknown one, no user or item column, and non-numeric values in a ``float`` column that the
+    config loads."""
+    sep = config["field_separator"] or "\t"
+    example = f"user_id:token{sep}item_id:token".replace("\t", "\\t")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().rstrip("\r\n")
+    if not header.strip():
+        raise BadInput(f"dataset file {path} is empty; it needs a header line ('{example}') and one interaction "
+                       "per line")
+    fields = header.split(sep)
+    if not any(":" in f for f in fields):
+        raise BadInput(f"dataset file {path} has no header line: its first line {header[:60]!r} must name the "
+                       f"columns as name:type, separated by {sep!r} (e.g. '{example}')")
+    names = []
+    for field in fields:
+        name, _, kind = field.partition(":")
+        if not kind:
+            raise BadInput(f"header field {field!r} of {path} has no :type; write it as {field}:token (ids) or "
+                           f"{field}:float (numbers)")
+        if kind not in ATOMIC_TYPES:
+            raise BadInput(f"header field {field!r} of {path} has the unknown type {kind!r}; use one of "
+                           f"{', '.join(ATOMIC_TYPES)}")
+        names.append(name)
+    for key, what in (("USER_ID_FIELD", "user"), ("ITEM_ID_FIELD", "item")):
+        if config[key] not in names:
+            raise BadInput(f"dataset file {path} has no {what} column {config[key]!r} (header: {', '.join(fields)}); "
+                           f"name it {config[key]}:token, or set --{key} to the column that holds the {what} ids")
+    load = config["load_col"]
+    loaded = None if not isinstance(load, dict) or load.get("inter") is None else set(load["inter"])
+    floats = [(i, f) for i, f in enumerate(fields) if f.endswith(":float")
+              and (loaded is None or f.partition(":")[0] in loaded)]
+    if floats:
+        import pandas as pd
+
+        table = pd.read_csv(path, sep=sep, usecols=[i for i, _ in floats], dtype=str, header=0,
+                            keep_default_na=False, engine="python" if len(sep) > 1 else "c")
+        for i, field in floats:
+            values = table.iloc[:, [j for j, _ in floats].index(i)]
+            bad = pd.to_numeric(values.where(values != "", "nan"), errors="coerce").isna() & (values != "")
+            if bad.any():
+                row = int(bad.to_numpy().argmax())
+                raise BadInput(f"line {row + 2} of {path}: {values.iloc[row]!r} in column {field} is not a number; "
+                               f"fix the value, or leave the column out with --load_col")
 
 
 # keys that do not change what pretraining produces (so a cached pretrained model can be reused)

@@ -21,6 +21,7 @@ from recbole_bet.files import atomic_write
 from recbole_bet.methods import get_method
 from recbole_bet.methods.base import CHECKPOINT_FILENAME
 from recbole_bet.models import build_model
+from recbole_bet.plots import plot_sizes
 from recbole_bet.recommend import save_run_config
 from recbole_bet.training import REPORT_METRICS, pick
 
@@ -152,6 +153,7 @@ def run(config, ctx: RunContext | None = None) -> dict:
         if selection.budget_applied and report["artifact_bytes"] > b.memory_budget:  # exact up to its margin
             raise RuntimeError(f"artifact is {report['artifact_bytes']} bytes, over memory_budget {b.memory_budget}")
     save_run_config(output_dir, config)
+    report["pictures"] = write_pictures(method, ctx, selection, report, output_dir)
     _write_json_atomic(os.path.join(output_dir, "report.json"), report)
     if os.path.exists(ctx.checkpoint_path):  # finished: the report and artifact supersede it
         os.remove(ctx.checkpoint_path)
@@ -160,6 +162,23 @@ def run(config, ctx: RunContext | None = None) -> dict:
                  f"(budget {report['budget_params']} not applied by this method's settings)")
     logger.info(f"test {', '.join(f'{k} {v:.4f}' for k, v in report['test'].items())}; {kept}")
     return report
+
+
+def write_pictures(method, ctx: RunContext, selection, report: dict, output_dir: str) -> list:
+    """sizes.png for every run, search.png where the method has a trajectory; the names written. A picture
+    that cannot be drawn (matplotlib missing or failing) costs a warning, never the run."""
+    b = ctx.budget
+    title = (f"{report['model']} on {report['dataset']}, {report['method']}, sparsity {b.sparsity:g}, seed "
+             f"{report['seed']}: kept {report['kept_params']} of {b.full_params} parameters")
+    written = []
+    try:
+        plot_sizes(os.path.join(output_dir, "sizes.png"), selection.sizes, ctx.user_freq, ctx.item_freq, b, title)
+        written.append("sizes.png")
+        if method.plot_search(os.path.join(output_dir, "search.png"), selection.search, title, b):
+            written.append("search.png")
+    except Exception as exc:  # pictures are a convenience: the report and artifact are already final
+        getLogger().warning(f"could not draw the run's pictures in {output_dir}: {type(exc).__name__}: {exc}")
+    return written
 
 
 def member_dir(output_dir: str, sparsity: float) -> str:

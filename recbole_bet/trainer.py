@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+from recbole_bet.config import adopt_recbole_config
 from recbole_bet.context import context_from
 from recbole_bet.export import artifact_meta, save_artifact
 from recbole_bet.methods import get_method
@@ -22,6 +23,9 @@ class BETTrainer:
     default), then leaves ``model`` with the chosen sizes masked in and its retrained weights."""
 
     def __init__(self, config, model):
+        """``config`` is RecBole's ``Config`` (plain, or from ``make_config``): recbole-bet's keys it lacks take
+        their defaults and ``d_max`` defaults to the model's table width (``config.adopt_recbole_config``)."""
+        adopt_recbole_config(config, model)
         self.config, self.model = config, model
         self.context = self.selection = None
 

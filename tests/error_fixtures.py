@@ -18,6 +18,16 @@ def make_error_fixtures(tmp: Path, lightgcn_run: Path = None, ngcf_run: Path = N
     empty.mkdir()
     (empty / "train.txt").write_text("")
     (empty / "test.txt").write_text("")
+    data = tmp / "dataset"  # malformed RecBole atomic files, one dataset each
+    for name, text in (("empty", ""),
+                       ("noheader", "1\t2\n3\t4\n"),
+                       ("notype", "user_id:token\titem_id\n1\t2\n"),
+                       ("badtype", "user_id:token\titem_id:int\n1\t2\n"),
+                       ("nouser", "uid:token\titem_id:token\n1\t2\n"),
+                       ("noitem", "user_id:token\tiid:token\n1\t2\n"),
+                       ("badrating", "user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t3\tfive\n")):
+        (data / name).mkdir(parents=True)
+        (data / name / f"{name}.inter").write_text(text)
     truncated = tmp / "truncated-run"
     truncated.mkdir()
     (truncated / "checkpoint.pt").write_bytes(b"PK\x03\x04\x14\x00truncated")

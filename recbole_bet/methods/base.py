@@ -33,6 +33,11 @@ class Method(ABC):
     element_masks = False  # True: rows keep any entries (Selection.keep), exported with a column index
     resumable = False  # True: checkpoints its progress at ctx.checkpoint_path and can continue from it
 
+    def plot_search(self, path: str, search: dict | None, title: str, budget) -> bool:
+        """Write a picture of this method's trajectory (``search.png``) from its report's ``search``; False if
+        it has none worth a picture (the default)."""
+        return False
+
     def check_budgets(self, ctx, budgets) -> None:
         """Raise BadInput for any budget this method cannot meet, before anything is trained (a sparsity
         list checks all of its budgets first). Most methods meet any budget the sizes can."""

@@ -30,6 +30,7 @@ from torch import nn
 from recbole_bet.budget import Budget
 from recbole_bet.errors import BadInput
 from recbole_bet.masking import plain_state_dict
+from recbole_bet.plots import plot_esapn_search
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.training import (REPORT_METRICS, Convergence, adam, pick, train_loader_with_batch_size,
                                   validation_pairs_loader)
@@ -481,6 +482,9 @@ class ESAPN(Method):
     """ESAPN's sizes and, by default, the weights trained alongside them (``esapn_retrain`` retrains)."""
 
     name = "esapn"
+
+    def plot_search(self, path, search, title, budget) -> bool:
+        return bool(search) and plot_esapn_search(path, search, title, budget.budget_params)
 
     def select(self, ctx) -> Selection:
         settings = ESAPNSettings.from_config(ctx.config)

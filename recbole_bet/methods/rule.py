@@ -23,6 +23,7 @@ from torch import nn
 from recbole_bet.budget import block_min_count, block_units, check_blocks_feasible, fit_block_counts
 from recbole_bet.files import atomic_write
 from recbole_bet.methods.base import Method, Selection
+from recbole_bet.plots import plot_rule_search
 from recbole_bet.pretrain import cache_path, pretrained
 from recbole_bet.training import Scorer, validation_subset
 
@@ -311,6 +312,9 @@ def _holdout(selections, targets, config) -> dict:
 class RULE(Method):
     name = "rule"
     element_masks = True  # selected blocks are any columns of a row, not a prefix
+
+    def plot_search(self, path, search, title, budget) -> bool:
+        return bool(search) and plot_rule_search(path, search, title)
 
     def check_budgets(self, ctx, budgets) -> None:
         space = build_space(ctx)

@@ -14,6 +14,7 @@ from recbole_bet.methods.bet import checkpoint
 from recbole_bet.methods.bet.loop import Member, SearchLoop, iteration_seed
 from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
 from recbole_bet.methods.bet.sampler import ActionSampler
+from recbole_bet.plots import plot_bet_search
 from recbole_bet.pretrain import pretrained
 from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, quality,
                                   train_loader_with_batch_size, validation_subset)
@@ -31,6 +32,9 @@ def run_identity(config) -> dict:
 class BET(Method):
     name = "bet"
     resumable = True
+
+    def plot_search(self, path, search, title, budget) -> bool:
+        return bool(search) and plot_bet_search(path, search, title)
 
     def select(self, ctx) -> Selection:
         config = ctx.config
@@ -72,6 +76,7 @@ class BET(Method):
         identity = run_identity(config)
 
         def save_search(t, loop):
+            log_iteration(finetuner.tensorboard, loop.state.population)
             timings["search"] = timings.get("search", 0.0) + perf_counter() - save_search.since
             save_search.since = perf_counter()
             _save(path, identity, loop, timings, saved_retrain={})
@@ -111,6 +116,17 @@ class BET(Method):
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
+
+
+def log_iteration(writer, population) -> None:
+    """The search's scalars for the iteration just probed, to RecBole's TensorBoard writer (log_tensorboard/)."""
+    member = population[-1]
+    writer.add_scalar("BET/fitness", member.fitness, member.t)
+    writer.add_scalar("BET/best_fitness", max(m.fitness for m in population), member.t)
+    writer.add_scalar("BET/kept_params", member.kept_params, member.t)
+    if member.predicted_fitness is not None:
+        writer.add_scalar("BET/predicted_fitness", member.predicted_fitness, member.t)
+    writer.flush()
 
 
 def _save(path, identity, loop, timings, saved_retrain):
