@@ -159,14 +159,18 @@ def write_report(out: str, command: str) -> None:
         lines.append(f"| {run_key(r)} | {len(v)} | {r['epoch_s']:.2f} | {v.max():.4f} | {int(v.argmax()) + 1} | "
                      + " | ".join(at) + " |")
     lines += ["", "## Stopping rules on these curves", "",
-              "Where each rule would stop each run (it keeps the best-validation weights), the validation "
-              f"{METRIC.upper()} it would deliver as a fraction of the run's best, and the epochs it costs in "
-              "total. Criterion: every run within 1% of its best.", "",
-              "| rule | all within 1% | worst | total epochs | stops |", "|---|---|--:|--:|---|"]
-    for ev in evaluate_rules(runs):
-        stops = ", ".join(str(x["stop"]) for x in ev["runs"])
-        lines.append(f"| {ev['name']} | {'yes' if ev['all_met'] else 'no'} | {ev['worst']:.4f} | {ev['epochs']} | "
-                     f"{stops} |")
+              "Per training setting: where each rule would stop each run (it keeps the best-validation weights), "
+              f"the validation {METRIC.upper()} it would deliver as a fraction of the run's best, and the epochs it "
+              "costs in total. Criterion: every run within 1% of its best."]
+    settings = sorted({(r["model"], r["lr"], r["batch"]) for r in runs})
+    for model, lr, batch in settings:
+        group = [r for r in runs if (r["model"], r["lr"], r["batch"]) == (model, lr, batch)]
+        lines += ["", f"### {model}, lr {lr:g}, batch {batch}: runs " + ", ".join(r["arm"] for r in group), "",
+                  "| rule | all within 1% | worst | total epochs | stops |", "|---|---|--:|--:|---|"]
+        for ev in evaluate_rules(group):
+            stops = ", ".join(str(x["stop"]) for x in ev["runs"])
+            lines.append(f"| {ev['name']} | {'yes' if ev['all_met'] else 'no'} | {ev['worst']:.4f} | "
+                         f"{ev['epochs']} | {stops} |")
     with open(out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     try:

@@ -24,6 +24,14 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, path, title: str) -> bool:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_sizes(path, sizes: np.ndarray, user_freq: np.ndarray, item_freq: np.ndarray, budget, title: str) -> None:
     """Sizes (users then items) against frequency rank, one panel per entity."""
     plt = _pyplot()
@@ -46,10 +54,7 @@ def plot_sizes(path, sizes: np.ndarray, user_freq: np.ndarray, item_freq: np.nda
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("embedding size")
     axes[1].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, path, title)
 
 
 def plot_bet_search(path, search: dict, title: str) -> bool:
@@ -94,11 +99,7 @@ def plot_bet_search(path, search: dict, title: str) -> bool:
     axes[2].set_title("selective retraining")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, path, title)
 
 
 def plot_esapn_search(path, search: dict, title: str, budget_params: int) -> bool:
@@ -119,11 +120,7 @@ def plot_esapn_search(path, search: dict, title: str, budget_params: int) -> boo
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, path, title)
 
 
 def plot_rule_search(path, search: dict, title: str) -> bool:
@@ -137,8 +134,4 @@ def plot_rule_search(path, search: dict, title: str) -> bool:
     ax.set_xlabel("evolution round")
     ax.set_ylabel("best estimated validation metric")
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, path, title)

@@ -30,7 +30,7 @@ def test_run_writes_spec_report(cli_run, model, method):
     assert f"report: {run.report}" in proc.stdout.splitlines()
     assert f"table:  {run.table}" in proc.stdout.splitlines()
     # report, artifact, and the config `recommend` rebuilds the split from; the checkpoint is gone
-    assert sorted(os.listdir(run.out)) == ["report.json", "run_config.json", "table.npz"]
+    assert sorted(os.listdir(run.out)) == ["report.json", "run_config.json", "sizes.png", "table.npz"]
 
     r = json.loads(run.report.read_text())
     assert SPEC_KEYS <= set(r)
@@ -44,9 +44,9 @@ def test_run_writes_spec_report(cli_run, model, method):
     assert r["kept_params"] % tpe == 0
     assert r["realized_sparsity"] == pytest.approx(1 - r["kept_params"] / r["full_params"], abs=1e-12)
     assert r["realized_sparsity"] >= 0.9 - 1e-12
-    if method == "es":  # one size for all, the largest that fits
+    if method == "es":  # the largest equal size, the units left over one each to the most frequent (the fill rule)
         size = r["budget_params"] // tpe // n
-        assert r["kept_params"] == size * n * tpe
+        assert r["kept_params"] == r["budget_params"] // tpe * tpe > size * n * tpe
     assert r["search"] is None  # es and mr do not search
 
     for split in ("valid", "test"):

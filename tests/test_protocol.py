@@ -131,3 +131,22 @@ def test_auto_probe_batch_scales_to_the_paper_steps():
     assert batch == round(25 * 2048 * 10 / PAPER_PROBE_STEPS)
     assert finetune_batch_size(config, 10 ** 6) == 10000 and finetune_batch_size(config, 1) == 128
     assert finetune_batch_size(dict(config, bet_finetune_batch_size=10000), 25) == 10000
+
+
+def test_calibration_rules_match_the_trainer_rule():
+    """benchmarks/convergence.py simulates stopping rules on recorded curves; its window rule must stop where
+    the trainers' Convergence stops (with the minimum in epochs), or the calibration would not describe them."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_convergence", REPO / "benchmarks" / "convergence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        curve = list(np.cumsum(rng.normal(0.001, 0.01, size=300)) + 1.0)
+        for window, tol, minimum in ((25, 0.0, 50), (50, 0.002, 30), (10, 0.01, 10)):
+            c = conv(convergence_window=window, convergence_tol=tol, warmup_epochs=minimum, epochs=300)
+            stop = run_until_stop(c, curve) or 300
+            assert bench.stop_epoch(curve, {"kind": "window", "window": window, "tol": tol, "min": minimum}) == stop
