@@ -1,0 +1,82 @@
+"""How well BET's probe fitness predicts the quality an action reaches when retrained: Spearman per BET cell.
+
+    python benchmarks/probe_correlation.py RUN_ROOT [RUN_ROOT ...] [--out=results/probe_correlation.md]
+
+Reads every ``report.json`` of a BET run below the given folders (grid output roots or single runs). Each BET
+report lists its retrained actions (``search.retrained``: search fitness and validation quality after retraining
+from scratch, Eq. 13), so each cell gives a Spearman correlation over its top-k actions (k = 5 by default: a
+noisy estimate per cell, hence the mean over cells). Cells are grouped by model, method label (the grid's folder
+name), finetuning batch and steps per probe. Validation data only; test metrics are not read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def spearman(a, b) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def cells(roots) -> list:
+    out = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("report.json")):
+            report = json.loads(path.read_text())
+            search = report.get("search") or {}
+            retrained = search.get("retrained") if report.get("method") == "bet" else None
+            if not retrained:
+                continue
+            rho = spearman([r["fitness"] for r in retrained], [r["valid_quality"] for r in retrained])
+            label = path.parent.parent.parent.name if path.parent.name.startswith("seed") else report["method"]
+            out.append({"path": str(path.parent), "model": report["model"], "label": label,
+                        "sparsity": report["sparsity"], "seed": report["seed"],
+                        "batch": search.get("finetune_batch_size", "10000 (before auto)"),
+                        "steps": search.get("finetune_steps_per_probe"), "k": len(retrained), "spearman": rho})
+    return out
+
+
+def table(rows: list) -> list:
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["label"], r["batch"], r["steps"]), []).append(r)
+    lines = ["| model | label | probe batch | steps per probe | cells | mean Spearman | per cell |",
+             "|---|---|--:|--:|--:|--:|---|"]
+    for (model, label, batch, steps), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        values = [g["spearman"] for g in group if g["spearman"] is not None]
+        mean = f"{np.mean(values):+.3f}" if values else "n/a"
+        per = ", ".join(f"{g['sparsity']:g}/s{g['seed']}: " + ("n/a" if g["spearman"] is None else f"{g['spearman']:+.2f}")
+                        for g in group)
+        lines.append(f"| {model} | {label} | {batch} | {steps if steps is not None else '–'} | {len(group)} | {mean} | "
+                     f"{per} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("roots", nargs="+")
+    p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    args = p.parse_args(argv)
+    rows = cells(args.roots)
+    if not rows:
+        print("no BET reports with retrained actions under " + ", ".join(args.roots), file=sys.stderr)
+        return 1
+    lines = table(rows)
+    print("\n".join(lines))
+    if args.out:
+        command = "python benchmarks/probe_correlation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.out).write_text("# Probe fitness against retrained validation quality\n\nProduced by `"
+                                  + command + "`.\n\n" + __doc__.split("\n\n", 2)[2] + "\n" + "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
