@@ -25,8 +25,9 @@ def test_artifact_reproduces_reported_metrics(cli_run, tmp_path, model, method):
     assert (meta["model"], meta["dataset"], meta["method"]) == (model, "ml-100k", method)
     assert ctx.budget.kept_params(ctx.masked.sizes) == report["kept_params"]
     assert ctx.budget.fits(ctx.masked.sizes)
-    if method == "es":
-        assert len(set(ctx.masked.sizes.tolist())) == 1
+    if method == "es":  # the equal size, and one more for the most frequent rows (the fill rule)
+        sizes = sorted(set(ctx.masked.sizes.tolist()))
+        assert len(sizes) <= 2 and sizes[-1] - sizes[0] <= 1
     else:
         assert len(set(ctx.masked.sizes.tolist())) > 10
 

@@ -21,6 +21,9 @@ def _comparable(report):
     report["config"].pop("output_dir")
     for it in report["search"]["iterations"]:
         it.pop("seconds")
+    for training in report["trainings"]:  # a resumed run reads the pretraining back from the cache
+        training.pop("seconds")
+        training.pop("cached", None)
     return report
 
 

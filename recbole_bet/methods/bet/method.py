@@ -45,6 +45,8 @@ class BET(Method):
             checkpoint.check_same_run(meta, run_identity(config), path)
         timings = dict(meta.get("timings", {}))
         pre_state, _, pretrain_s = pretrained(ctx)
+        if meta.get("trainings"):  # the trainings before the interruption, as they ran (not "cached")
+            ctx.trainings[:] = meta["trainings"]
         timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
         ctx.masked.load(pre_state)
         full_valid = ctx.evaluate(ctx.valid_data)
@@ -79,7 +81,7 @@ class BET(Method):
             log_iteration(finetuner.tensorboard, loop.state.population)
             timings["search"] = timings.get("search", 0.0) + perf_counter() - save_search.since
             save_search.since = perf_counter()
-            _save(path, identity, loop, timings, saved_retrain={})
+            _save(path, identity, loop, timings, saved_retrain={}, trainings=ctx.trainings)
 
         save_search.since = search_start
         if len(loop.state.population) < config["bet_iterations"]:
@@ -94,7 +96,8 @@ class BET(Method):
             timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
             save_retrain.since = perf_counter()
             _save(path, identity, loop, timings,
-                  saved_retrain={"retrained": entries, "best_rank": best_rank, "best_weights": best_weights})
+                  saved_retrain={"retrained": entries, "best_rank": best_rank, "best_weights": best_weights},
+                  trainings=ctx.trainings)
 
         save_retrain.since = retrain_start
         retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
@@ -129,7 +132,7 @@ def log_iteration(writer, population) -> None:
     writer.flush()
 
 
-def _save(path, identity, loop, timings, saved_retrain):
+def _save(path, identity, loop, timings, saved_retrain, trainings=()):
     if not path:  # BETTrainer in a user's script: no output directory, no checkpoints
         return
     population = loop.state.population
@@ -139,6 +142,7 @@ def _save(path, identity, loop, timings, saved_retrain):
                      "kept_params": m.kept_params, "seconds": m.seconds} for m in population],
         "max_candidate_kept_params": loop.state.max_candidate_kept_params,
         "retrained": saved_retrain.get("retrained", []), "best_rank": saved_retrain.get("best_rank"),
+        "trainings": list(trainings),
     }
     tensors = {"sizes": torch.from_numpy(np.stack([m.sizes for m in population]).astype(np.int16)),
                "predictor": loop.trainer.state_dict()}
