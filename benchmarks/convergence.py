@@ -28,9 +28,14 @@ METRIC = "ndcg@20"
 PROG = "python benchmarks/convergence.py"
 
 
+class _TimeUp(Exception):
+    pass
+
+
 def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epochs: int, seed: int,
-                config_files: list) -> dict:
-    """One long training with a validation each epoch: {"valid": [...], "loss": [...], "epoch_s": ...}."""
+                config_files: list, device: str = "cpu", max_minutes: float | None = None) -> dict:
+    """One long training with a validation each epoch: {"valid": [...], "loss": [...], "epoch_s": ...}.
+    With ``max_minutes`` the run ends after the first validation past that time ("time_limited": true)."""
     from recbole.utils import init_logger, init_seed
 
     from recbole_bet.budget import equal_sizes, make_budget
@@ -43,6 +48,7 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
         "method": "es", "sparsity": sparsity, "learning_rate": lr, "train_batch_size": batch, "epochs": epochs,
         "stopping_step": 10 ** 9, "convergence_window": 0, "warmup_epochs": 0, "eval_step": 1, "seed": seed, "show_progress": False,
         "state": "WARNING",  # RecBole's per-epoch INFO lines for 1000 epochs say nothing the curve does not
+        "use_gpu": device != "cpu",
     })
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -58,6 +64,8 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
         def _valid_epoch(self, valid_data, show_progress=False):
             score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
             curve.append(float(result[METRIC]))
+            if max_minutes is not None and perf_counter() - start > 60 * max_minutes:
+                raise _TimeUp
             if len(curve) % 50 == 0:
                 print(f"  {arm} lr={lr} batch={batch}: epoch {len(curve)}, valid {METRIC} {curve[-1]:.4f} "
                       f"(best {max(curve):.4f} at {int(np.argmax(curve)) + 1})", flush=True)
@@ -70,11 +78,15 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
 
     start = perf_counter()
     trainer = CurveTrainer(config, ctx.model)
-    trainer.fit(ctx.train_data, ctx.valid_data, verbose=False, saved=True, show_progress=False)
+    try:
+        trainer.fit(ctx.train_data, ctx.valid_data, verbose=False, saved=True, show_progress=False)
+    except _TimeUp:
+        pass
     seconds = perf_counter() - start
     return {"model": model, "dataset": dataset, "lr": lr, "batch": batch, "arm": arm, "seed": seed,
             "epochs": len(curve), "valid": curve, "loss": losses, "seconds": seconds,
-            "epoch_s": seconds / max(1, len(curve))}
+            "epoch_s": seconds / max(1, len(curve)), "device": device,
+            "time_limited": len(curve) < epochs}
 
 
 # ------------------------------------------------------------------------------------ stopping rules
@@ -139,7 +151,8 @@ def evaluate_rules(runs: list, rules=CANDIDATE_RULES, criterion: float = 0.01) -
 # ---------------------------------------------------------------------------------------------- report
 
 def run_key(r) -> str:
-    return f"{r['model']}/{r['arm']}/lr{r['lr']:g}/b{r['batch']}/seed{r['seed']}"
+    device = "" if r.get("device", "cpu") == "cpu" else f"/{r['device']}"
+    return f"{r['model']}/{r['arm']}/lr{r['lr']:g}/b{r['batch']}/seed{r['seed']}{device}"
 
 
 def write_report(out: str, command: str) -> None:
@@ -150,21 +163,28 @@ def write_report(out: str, command: str) -> None:
              "Produced by", "", "```", *[c for c in data.get("commands", [command]) if c.strip() != PROG], "```", "",
              f"Each run trains for its epoch count with a validation after every epoch and no early stopping "
              f"(validation {METRIC.upper()}, full ranking). 'best' is the run's best validation over all its "
-             f"epochs; 'best@E' the best within the first E epochs.", "",
+             f"epochs; 'best@E' the best within the first E epochs. A run marked '(time limit)' was ended by "
+             f"--max_minutes: its 'best' is only the best so far.", "",
              "| run | epochs | s/epoch | best | best at | best@100 | best@200 | best@300 | best@500 |",
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in runs:
         v = np.asarray(r["valid"])
         at = [f"{v[:e].max():.4f}" if len(v) >= e else "" for e in (100, 200, 300, 500)]
-        lines.append(f"| {run_key(r)} | {len(v)} | {r['epoch_s']:.2f} | {v.max():.4f} | {int(v.argmax()) + 1} | "
+        cut = " (time limit)" if r.get("time_limited") else ""
+        lines.append(f"| {run_key(r)} | {len(v)}{cut} | {r['epoch_s']:.2f} | {v.max():.4f} | {int(v.argmax()) + 1} | "
                      + " | ".join(at) + " |")
     lines += ["", "## Stopping rules on these curves", "",
               "Per training setting: where each rule would stop each run (it keeps the best-validation weights), "
               f"the validation {METRIC.upper()} it would deliver as a fraction of the run's best, and the epochs it "
               "costs in total. Criterion: every run within 1% of its best."]
     settings = sorted({(r["model"], r["lr"], r["batch"]) for r in runs})
+    if all(r.get("time_limited") for r in runs):
+        lines += ["", "No run here is complete (all ended by --max_minutes): no rule can be judged on them."]
     for model, lr, batch in settings:
-        group = [r for r in runs if (r["model"], r["lr"], r["batch"]) == (model, lr, batch)]
+        group = [r for r in runs if (r["model"], r["lr"], r["batch"]) == (model, lr, batch)
+                 and not r.get("time_limited")]  # a cut curve has no "best over 1000 epochs" to judge a rule by
+        if not group:
+            continue
         lines += ["", f"### {model}, lr {lr:g}, batch {batch}: runs " + ", ".join(r["arm"] for r in group), "",
                   "| rule | all within 1% | worst | total epochs | stops |", "|---|---|--:|--:|---|"]
         for ev in evaluate_rules(group):
@@ -205,6 +225,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--config_files", default="")
     p.add_argument("--out", required=True, help="path without suffix: writes .json, .md, .png")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max_minutes", type=float, default=None, help="end each run after this long (marked)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     command = "python benchmarks/convergence.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -222,12 +244,14 @@ def main(argv=None) -> int:
         for setting in args.setting or ["1e-3:2048"]:
             lr, batch = setting.split(":")
             for arm in args.arms.split(","):
-                key = f"{args.model}/{arm}/lr{float(lr):g}/b{int(batch)}/seed{args.seed}"
+                key = run_key({"model": args.model, "arm": arm, "lr": float(lr), "batch": int(batch),
+                               "seed": args.seed, "device": args.device})
                 if key in done:
                     print(f"{key}: already in {path}")
                     continue
                 print(f"{key}: training {args.epochs} epochs", flush=True)
-                run = train_curve(args.model, args.dataset, float(lr), int(batch), arm, args.epochs, args.seed, files)
+                run = train_curve(args.model, args.dataset, float(lr), int(batch), arm, args.epochs, args.seed, files,
+                                  args.device, args.max_minutes)
                 print(f"{key}: best {max(run['valid']):.4f} at epoch {int(np.argmax(run['valid'])) + 1}, "
                       f"{run['seconds']:.0f} s", flush=True)
                 with open(path + ".lock", "w") as lock:  # two calibrations may share one file
