@@ -1,7 +1,8 @@
 """RecBole ``Config`` with recbole-bet's YAML layers, and validation of recbole-bet's keys.
 
 Layers, later wins: RecBole's defaults < properties/overall.yaml < properties/model/<MODEL>.yaml <
-properties/dataset/<DATASET>.yaml < the user's --config_files < config_dict < --key=value.
+properties/dataset/<DATASET>.yaml < the dataset's own <data_path>/<DATASET>/<DATASET>.yaml (written by
+``convert --sample_users``) < the user's --config_files < config_dict < --key=value.
 """
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def properties_dir() -> Path:
     raise FileNotFoundError("recbole-bet's properties/ folder is missing from this installation")
 
 
-def config_files_for(model: str, dataset: str, extra=None) -> list[str]:
+def config_files_for(model: str, dataset: str, extra=None, dataset_yaml: str | None = None) -> list[str]:
     props = properties_dir()
     files = [props / "overall.yaml", props / "model" / f"{model}.yaml", props / "dataset" / f"{dataset}.yaml"]
-    found = [str(f) for f in files if f.is_file()]
+    found = [str(f) for f in files if f.is_file()] + ([dataset_yaml] if dataset_yaml else [])
     for f in extra or []:
         # a bare profile name ("quick") means properties/<name>.yaml, also for installed packages
         bundled = props / (f if f.endswith(".yaml") else f"{f}.yaml")
@@ -86,8 +87,22 @@ def make_config(model: str, dataset: str, config_file_list=None, config_dict=Non
         raise BadInput("both --model and --dataset are required, e.g. --model=LightGCN --dataset=ml-100k")
     check_model_name(model)
     files = config_files_for(model, dataset, config_file_list)
+    config = _build(model, dataset, files, config_dict)
+    # the dataset folder's own properties (a converted sample's): where it is depends on data_path, which
+    # any layer may set, so it is looked for once the layers are merged, and the config built again with it
+    own = os.path.join(config["data_path"], f"{dataset}.yaml")
+    if os.path.isfile(own):
+        config = _build(model, dataset, config_files_for(model, dataset, config_file_list, own), config_dict)
+    if config["MODEL_TYPE"] != ModelType.GENERAL:
+        raise BadInput(_not_general(model, config["MODEL_TYPE"]))
+    validate(config)
+    configure_width(config, config["d_max"])
+    return config
+
+
+def _build(model: str, dataset: str, files: list, config_dict) -> Config:
     try:
-        config = Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict or {})
+        return Config(model=model, dataset=dataset, config_file_list=files, config_dict=config_dict or {})
     except ValueError as exc:
         if "is not the name of an existing model" in str(exc):
             raise BadInput(
@@ -96,11 +111,6 @@ def make_config(model: str, dataset: str, config_file_list=None, config_dict=Non
         raise BadInput(f"bad configuration: {exc}") from None
     except SyntaxError as exc:
         raise BadInput(f"bad command line: {exc}") from None
-    if config["MODEL_TYPE"] != ModelType.GENERAL:
-        raise BadInput(_not_general(model, config["MODEL_TYPE"]))
-    validate(config)
-    configure_width(config, config["d_max"])
-    return config
 
 
 # what recbole-bet's methods read from RecBole's evaluation: BET's fitness (Eq. 13) and the report

@@ -9,9 +9,15 @@ All interactions of all files are pooled (RecBole re-splits them itself) into
 ``<output>/<name>/<name>.inter`` with the header ``user_id:token\\titem_id:token``,
 one line per distinct (user, item) pair, keeping the original ids as tokens.
 
+With ``sample_users`` N, only N users drawn uniformly at random (seeded) are kept, with all their
+interactions; items none of them interacted with disappear with them. The dataset is named
+``<input folder>-u<N>`` unless ``name`` is given, and gets a properties file ``<name>.yaml`` beside its
+``.inter``, which ``make_config`` reads (``dataset_sample``: source, users, seed, so every report says which
+sample it ran on).
+
 Command line::
 
-    python -m recbole_bet convert --input=DIR [--output=dataset/] [--name=NAME]
+    python -m recbole_bet convert --input=DIR [--output=dataset/] [--name=NAME] [--sample_users=N --seed=S]
 """
 
 from __future__ import annotations
@@ -83,20 +89,61 @@ def _read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return user_arr, item_arr
 
 
+def sample_users(users: np.ndarray, items: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of ``n`` users drawn uniformly without replacement (``numpy.random.default_rng(seed)``)."""
+    distinct = np.unique(users)
+    if not 1 <= n <= len(distinct):
+        raise BadInput(f"--sample_users={n} but the data has {len(distinct)} users with interactions; "
+                       f"choose 1 to {len(distinct)}")
+    chosen = np.random.default_rng(seed).choice(distinct, size=n, replace=False)
+    keep = np.isin(users, chosen)
+    return users[keep], items[keep]
+
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def describe(users: np.ndarray, items: np.ndarray) -> dict:
+    """Counts of a set of distinct pairs: users, items, interactions, density, and the median / 90th / 99th
+    percentile and maximum of the interactions per item and per user."""
+    _, per_user = np.unique(users, return_counts=True)
+    _, per_item = np.unique(items, return_counts=True)
+    n_users, n_items, n = len(per_user), len(per_item), len(users)
+
+    def shape(counts):
+        return {**{f"p{round(q * 100)}": float(np.quantile(counts, q)) for q in QUANTILES}, "max": int(counts.max())}
+
+    return {"n_users": n_users, "n_items": n_items, "n_interactions": n,
+            "density": n / (n_users * n_items), "item_frequency": shape(per_item), "user_frequency": shape(per_user)}
+
+
+def summary_lines(stats: dict) -> list[str]:
+    def shape(d):
+        return ", ".join(f"{k} {v:g}" for k, v in d.items())
+
+    return [f"{stats['n_users']} users, {stats['n_items']} items, {stats['n_interactions']} interactions, "
+            f"density {stats['density']:.5f}",
+            f"interactions per item: {shape(stats['item_frequency'])}",
+            f"interactions per user: {shape(stats['user_frequency'])}"]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder so readers never see a half file."""
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 
-def convert_lightgcn(input_dir, output_dir, name=None, progress=None) -> dict:
+def convert_lightgcn(input_dir, output_dir, name=None, progress=None, sample_users_n: int | None = None,
+                     seed: int = 2020) -> dict:
     """Convert the LightGCN folder ``input_dir`` to ``<output_dir>/<name>/<name>.inter``.
 
-    ``name`` defaults to the input folder's basename. ``progress``, if given, is
+    ``name`` defaults to the input folder's basename (with ``-u<N>`` for a sample of ``sample_users_n``
+    users, drawn with ``seed``; module docstring). ``progress``, if given, is
     called with one short line per file read. Returns a dict with ``path``,
     ``n_users``/``n_items`` (distinct ids that have at least one interaction),
     ``n_interactions`` (distinct pairs written), ``duplicates_dropped`` and
-    ``files`` (the files read). Raises :class:`BadInput` on unusable input.
+    ``files`` (the files read), ``stats`` (``describe``) and, for a sample, ``properties`` (its YAML's path).
+    Raises :class:`BadInput` on unusable input.
     """
     src = Path(input_dir)
     if not src.is_dir():
@@ -110,7 +157,10 @@ def convert_lightgcn(input_dir, output_dir, name=None, progress=None) -> dict:
             f"{' and '.join(missing)} missing in {str(src)!r}; a LightGCN folder needs "
             f"train.txt and test.txt (valid.txt is optional)"
         )
-    name = name if name is not None else src.resolve().name
+    if sample_users_n is not None and (not isinstance(sample_users_n, int) or sample_users_n < 1):
+        raise BadInput(f"--sample_users must be a positive integer, got {sample_users_n!r}")
+    if name is None:
+        name = src.resolve().name + (f"-u{sample_users_n}" if sample_users_n is not None else "")
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         raise BadInput(f"invalid dataset name {name!r}; pass --name=NAME without slashes")
 
@@ -137,21 +187,39 @@ def convert_lightgcn(input_dir, output_dir, name=None, progress=None) -> dict:
     keep = np.ones(len(users), dtype=bool)
     keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
     users, items = users[keep], items[keep]
+    duplicates = int(len(keep) - len(users))
+    if sample_users_n is not None:
+        users, items = sample_users(users, items, sample_users_n, seed)
 
     out_dir = Path(output_dir) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / f"{name}.inter"
     body = "\n".join(map("{}\t{}".format, users.tolist(), items.tolist()))
     _write_atomic(out_path, HEADER + body + "\n")
-
-    return {
+    stats = describe(users, items)
+    info = {
         "path": str(out_path),
-        "n_users": int(len(np.unique(users))),
-        "n_items": int(len(np.unique(items))),
-        "n_interactions": int(len(users)),
-        "duplicates_dropped": int(len(keep) - len(users)),
+        "n_users": stats["n_users"],
+        "n_items": stats["n_items"],
+        "n_interactions": stats["n_interactions"],
+        "duplicates_dropped": duplicates,
         "files": [str(p) for p in files],
+        "stats": stats,
     }
+    properties = out_dir / f"{name}.yaml"
+    if sample_users_n is not None:
+        source = src.resolve().name
+        lines = [f"# {name}: {sample_users_n} users drawn uniformly at random (seed {seed}) from {source}, with all",
+                 "# their interactions; items none of them interacted with are dropped. Written by",
+                 f"#   python -m recbole_bet convert --input={input_dir} --sample_users={sample_users_n} --seed={seed}"
+                 + (f" --name={name}" if name != f"{source}-u{sample_users_n}" else ""),
+                 *[f"# {line}" for line in summary_lines(stats)],
+                 f"dataset_sample: {{source: {source}, users: {sample_users_n}, seed: {seed}}}"]
+        _write_atomic(properties, "\n".join(lines) + "\n")
+        info["properties"] = str(properties)
+    elif properties.is_file():  # a full conversion over an earlier sample of the same name
+        properties.unlink()
+    return info
 
 
 def main(argv: list[str]) -> int:
@@ -171,11 +239,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--output", default=DEFAULT_OUTPUT, help=f"RecBole data_path (default: {DEFAULT_OUTPUT})"
     )
-    parser.add_argument("--name", default=None, help="dataset name (default: input folder name)")
+    parser.add_argument("--name", default=None,
+                        help="dataset name (default: input folder name, with -u<N> for a sample)")
+    parser.add_argument("--sample_users", type=int, default=None,
+                        help="keep N users drawn uniformly at random, with all their interactions")
+    parser.add_argument("--seed", type=int, default=2020, help="seed of the user sample (default: 2020)")
     args = parser.parse_args(argv)
 
     info = convert_lightgcn(
-        args.input, args.output, args.name, progress=print
+        args.input, args.output, args.name, progress=print, sample_users_n=args.sample_users, seed=args.seed
     )
     name = Path(info["path"]).parent.name
     print(
@@ -183,6 +255,10 @@ def main(argv: list[str]) -> int:
         f"{info['n_items']} items, {info['duplicates_dropped']} duplicates dropped) "
         f"to {info['path']}"
     )
+    for line in summary_lines(info["stats"]):
+        print(f"  {line}")
+    if "properties" in info:
+        print(f"wrote its properties to {info['properties']}")
     hint = f"python run_bet.py --model=LightGCN --dataset={name}"
     if os.path.normpath(args.output) != os.path.normpath(DEFAULT_OUTPUT):
         hint += f" --data_path={args.output}"  # RecBole only looks in dataset/ by default

@@ -28,7 +28,7 @@ from recbole_bet.training import REPORT_METRICS, pick
 # the SPEC keys echoed in the report's "config", plus the training keys that shape a result
 REPORT_CONFIG_KEYS = (
     "method", "sparsity", "memory_budget", "d_max", "d_min", "output_dir", "seed", "epochs", "train_batch_size",
-    "learning_rate", "stopping_step", "valid_metric", "eval_args", "embedding_size",
+    "learning_rate", "stopping_step", "valid_metric", "eval_args", "embedding_size", "dataset_sample",
 )
 
 

@@ -18,6 +18,10 @@ def make_error_fixtures(tmp: Path, lightgcn_run: Path = None, ngcf_run: Path = N
     empty.mkdir()
     (empty / "train.txt").write_text("")
     (empty / "test.txt").write_text("")
+    three = tmp / "three-users"  # a good LightGCN folder of 3 users, for bad --sample_users values
+    three.mkdir()
+    (three / "train.txt").write_text("0 1 2\n1 2\n2 3\n")
+    (three / "test.txt").write_text("0 3\n")
     data = tmp / "dataset"  # malformed RecBole atomic files, one dataset each
     for name, text in (("empty", ""),
                        ("noheader", "1\t2\n3\t4\n"),

@@ -189,8 +189,11 @@ def test_main_prints_summary_and_hint(tmp_path, capsys):
     stdout = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("read ")]
     assert stdout[0].startswith("wrote 3 interactions (2 users, 2 items")
     assert str(out / "mini" / "mini.inter") in stdout[0]
-    assert stdout[1].startswith("then run: python run_bet.py --model=LightGCN --dataset=mini")
+    assert stdout[1] == "  2 users, 2 items, 3 interactions, density 0.75000"
+    assert stdout[2] == "  interactions per item: p50 1.5, p90 1.9, p99 1.99, max 2"
+    assert stdout[-1].startswith("then run: python run_bet.py --model=LightGCN --dataset=mini")
     assert (out / "mini" / "mini.inter").is_file()
+    assert not (out / "mini" / "mini.yaml").exists()  # only a sample gets a properties file
 
 
 def test_main_default_output_and_name(tmp_path, capsys, monkeypatch):
@@ -225,3 +228,103 @@ def test_cli_exit_code_on_bad_input(tmp_path):
     assert f"{src / 'train.txt'}:2:" in errors[0]
     assert "'oops'" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ user samples
+
+def pairs_by_user(inter_path) -> dict[int, set[int]]:
+    by_user: dict[int, set[int]] = {}
+    for line in read_inter(inter_path)[1:]:
+        u, i = map(int, line.split("\t"))
+        by_user.setdefault(u, set()).add(i)
+    return by_user
+
+
+@pytest.fixture
+def twenty_users(tmp_path):
+    """20 users with 1-6 items each out of 30; item 29 belongs to user 19 alone."""
+    rng = __import__("random").Random(7)
+    train, test = [], []
+    for u in range(20):
+        items = rng.sample(range(29), 1 + u % 6) + ([29] if u == 19 else [])
+        train.append(" ".join(map(str, [u] + items[: max(1, len(items) - 1)])))
+        test.append(" ".join(map(str, [u] + items[max(1, len(items) - 1):])))
+    return make_folder(tmp_path / "twenty", train="\n".join(train) + "\n", test="\n".join(test) + "\n")
+
+
+def test_sample_keeps_all_interactions_of_n_users(twenty_users, tmp_path):
+    full = pairs_by_user(convert_lightgcn(twenty_users, tmp_path / "full")["path"])
+    info = convert_lightgcn(twenty_users, tmp_path / "out", sample_users_n=5, seed=3)
+    assert info["path"] == str(tmp_path / "out" / "twenty-u5" / "twenty-u5.inter")
+    sample = pairs_by_user(info["path"])
+    assert len(sample) == 5 and info["n_users"] == 5
+    assert all(sample[u] == full[u] for u in sample)  # every interaction of a chosen user
+    items = set().union(*sample.values())
+    assert info["n_items"] == len(items)  # items of no chosen user are gone
+    assert info["n_interactions"] == sum(map(len, sample.values()))
+    assert info["stats"]["density"] == pytest.approx(info["n_interactions"] / (5 * len(items)))
+    assert info["stats"]["item_frequency"]["max"] >= 1
+    # the same seed draws the same users; other seeds draw others
+    again = pairs_by_user(convert_lightgcn(twenty_users, tmp_path / "again", sample_users_n=5, seed=3)["path"])
+    assert again == sample
+    others = [set(pairs_by_user(convert_lightgcn(twenty_users, tmp_path / f"s{s}", sample_users_n=5,
+                                                 seed=s)["path"])) for s in (4, 5, 6)]
+    assert any(o != set(sample) for o in others)
+
+
+def test_sample_of_all_users_is_the_full_data(twenty_users, tmp_path):
+    full = convert_lightgcn(twenty_users, tmp_path / "full")
+    whole = convert_lightgcn(twenty_users, tmp_path / "out", sample_users_n=20, seed=1)
+    assert pairs_by_user(whole["path"]) == pairs_by_user(full["path"])
+    assert whole["stats"] == full["stats"]
+
+
+@pytest.mark.parametrize("n", [0, 21, -3])
+def test_sample_size_out_of_range(twenty_users, tmp_path, n):
+    with pytest.raises(BadInput, match=r"sample_users"):
+        convert_lightgcn(twenty_users, tmp_path / "out", sample_users_n=n)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_properties_file_is_read_by_make_config(twenty_users, tmp_path, monkeypatch):
+    from recbole_bet.config import make_config
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    info = convert_lightgcn(twenty_users, tmp_path / "data", sample_users_n=8, seed=11, name="tw8")
+    props = Path(info["properties"])
+    assert props == tmp_path / "data" / "tw8" / "tw8.yaml"
+    text = props.read_text()
+    assert "--sample_users=8 --seed=11 --name=tw8" in text and "8 users," in text
+    config = make_config("LightGCN", "tw8", config_dict={"data_path": str(tmp_path / "data"), "method": "es"})
+    assert config["dataset_sample"] == {"source": "twenty", "users": 8, "seed": 11}
+    # converting the full data over the same name removes the sample's properties
+    convert_lightgcn(twenty_users, tmp_path / "data", name="tw8")
+    assert not props.exists()
+    config = make_config("LightGCN", "tw8", config_dict={"data_path": str(tmp_path / "data"), "method": "es"})
+    assert config["dataset_sample"] is None
+
+
+def test_cli_sample(twenty_users, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "recbole_bet", "convert", f"--input={twenty_users}", f"--output={tmp_path / 'o'}",
+         "--sample_users=4", "--seed=9"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "(4 users," in proc.stdout and "interactions per item:" in proc.stdout
+    assert f"wrote its properties to {tmp_path / 'o' / 'twenty-u4' / 'twenty-u4.yaml'}" in proc.stdout
+    assert "--dataset=twenty-u4" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "recbole_bet", "convert", f"--input={twenty_users}", f"--output={tmp_path / 'o'}",
+         "--sample_users=99"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "error: --sample_users=99 but the data has 20 users with interactions; choose 1 to 20" in bad.stderr
+
+
+def test_gowalla_slice_sample(gowalla_slice, tmp_path):
+    info = convert_lightgcn(gowalla_slice, tmp_path / "out", sample_users_n=10, seed=2020)
+    full = pairs_by_user(convert_lightgcn(gowalla_slice, tmp_path / "full")["path"])
+    sample = pairs_by_user(info["path"])
+    assert len(sample) == 10 and all(sample[u] == full[u] for u in sample)
