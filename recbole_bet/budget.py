@@ -305,31 +305,41 @@ def equal_sizes(budget: Budget, user_freq=None, item_freq=None) -> np.ndarray:
     return sizes
 
 
-def keep_top_entries(scores: np.ndarray, budget: Budget) -> np.ndarray:
+def keep_top_entries(scores: np.ndarray, budget: Budget, min_per_row: int | None = None) -> np.ndarray:
     """Element mask (n_entities x d_max, bool) keeping the highest-scoring entries within the budget.
 
-    Every row keeps its ``d_min`` best entries (so every user and item stays usable); the rest of the
-    budget goes to the best remaining entries of any row. The mask keeps exactly ``budget_units`` entries
-    (all of them when the budget covers the full table). Ties break towards lower rows and columns.
+    Every row keeps its ``min_per_row`` (default ``d_min``, never fewer) best entries, so every user and item
+    stays usable; the rest of the budget goes to the best remaining entries of any row. The mask keeps exactly
+    ``budget_units`` entries (all of them when the budget covers the full table). Ties break towards lower
+    rows and columns. Raises ValueError when the per-row minimum alone exceeds the budget.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n, width = scores.shape
     if (n, width) != (budget.n_entities, budget.d_max):
         raise ValueError(f"expected scores of shape {(budget.n_entities, budget.d_max)}, got {scores.shape}")
+    floor = budget.d_min if min_per_row is None else min(width, max(budget.d_min, int(min_per_row)))
+    if n * floor > budget.budget_units:
+        raise ValueError(f"{floor} entries per row need {n * floor} units, over the budget's {budget.budget_units}")
     order = np.argsort(-scores, axis=1, kind="stable")  # each row's entries, best first
     keep = np.zeros((n, width), dtype=bool)
     rows = np.arange(n)[:, None]
-    keep[rows, order[:, :budget.d_min]] = True
-    extra = budget.budget_units - n * budget.d_min
-    rest = np.take_along_axis(scores, order[:, budget.d_min:], axis=1).ravel()
+    keep[rows, order[:, :floor]] = True
+    extra = budget.budget_units - n * floor
+    rest = np.take_along_axis(scores, order[:, floor:], axis=1).ravel()
     if extra >= rest.size:
         return np.ones((n, width), dtype=bool)
     if extra > 0:
         # the best `extra` remaining entries: a stable sort on (-score) keeps the tie order deterministic
         chosen = np.argsort(-rest, kind="stable")[:extra]
-        r, c = np.divmod(chosen, width - budget.d_min)
-        keep[r, order[r, budget.d_min + c]] = True
+        r, c = np.divmod(chosen, width - floor)
+        keep[r, order[r, floor + c]] = True
     return keep
+
+
+def feasible_row_minimums(candidates, budget: Budget) -> list:
+    """The per-row minimums among ``candidates`` that a budget can give every row (at least d_min each)."""
+    return sorted({max(budget.d_min, int(c)) for c in candidates
+                   if budget.n_entities * max(budget.d_min, int(c)) <= budget.budget_units and c <= budget.d_max})
 
 
 def keep_top_columns(saliency_user: np.ndarray, saliency_item: np.ndarray, budget: Budget) -> np.ndarray:

@@ -22,7 +22,7 @@ from recbole_bet.models import configure_width
 RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
-METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_")
+METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
@@ -233,6 +233,16 @@ def validate(config) -> None:
         raise BadInput(f"sseds_granularity must be 'field' or 'row', got {config['sseds_granularity']!r}")
     if config["sseds_saliency_batches"] is not None:
         _positive_int(config, "sseds_saliency_batches")
+    minimums = config["magprune_min_per_row"]
+    if isinstance(minimums, (list, tuple)) and minimums:
+        values = list(minimums)
+    else:
+        values = [minimums]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise BadInput(f"magprune_min_per_row must be an integer >= 1 or a list of them (candidates chosen on "
+                       f"validation), got {minimums!r}")
+    if not isinstance(config["magprune_retrain"], bool):
+        raise BadInput(f"magprune_retrain must be true or false, got {config['magprune_retrain']!r}")
     if config["bet_selection"] not in ("schedule", "random"):
         raise BadInput(f"bet_selection must be 'schedule' or 'random', got {config['bet_selection']!r}")
     if method == "esapn":

@@ -1,4 +1,4 @@
-"""PEP and SSEDS: element masks within the budget, masked entries zero, exported with their index and
+"""PEP, SSEDS and magprune: element masks within the budget, masked entries zero, exported with their index and
 reproducing the reported metrics; the budget cuts and the saliency are checked on their own."""
 
 import json
@@ -107,7 +107,7 @@ def test_saliency_is_the_gradient_of_the_loss_with_respect_to_a_mask_at_one(tmp_
         parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=False)
 
 
-RUNS = [(m, method) for m in ("LightGCN", "NGCF", "NeuMF") for method in ("pep", "sseds")]
+RUNS = [(m, method) for m in ("LightGCN", "NGCF", "NeuMF") for method in ("pep", "sseds", "magprune")]
 
 
 @pytest.mark.parametrize("model,method", RUNS)

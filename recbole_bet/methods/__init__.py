@@ -16,6 +16,7 @@ REGISTRY = {
     "sseds": ("sseds", "SSEDS"),
     "esapn": ("esapn", "ESAPN"),
     "rule": ("rule", "RULE"),
+    "magprune": ("magprune", "MagnitudePruning"),
 }
 METHODS = tuple(REGISTRY)
 
