@@ -3,6 +3,7 @@ into minutes per cell under the training protocol.
 
     python benchmarks/cell_cost.py --dataset=gowalla-u6000 --out=results/cost            # CPU
     python benchmarks/cell_cost.py --dataset=gowalla --device=cuda --out=results/cost     # a GPU
+    python benchmarks/cell_cost.py --out=results/cost --report_only                       # the .md again
 
 Measured (median of ``--repeats``, after one untimed warm-up epoch of each kind): preparing the data; one training
 epoch at ``train_batch_size`` of the full-width model (pretraining), of equal sizes and of mixed random sizes at
@@ -123,6 +124,7 @@ def cell_minutes(m: dict, epochs_full: int, epochs_budgeted: dict) -> dict:
 
 
 def write_md(path: str, entries: list, commands: list) -> None:
+    entries = sorted(entries, key=lambda e: (e["measured"]["device"], e["measured"]["model"], e["measured"]["users"]))
     lines = ["# What a grid cell costs", "", "Produced by", "", "```", *commands, "```", "",
              "Measured: seconds per training epoch at `train_batch_size` (full width = pretraining; ES and MR sizes at "
              "the stated sparsity), per finetuning epoch at BET's finetuning batch, per full-ranking validation, "
@@ -160,7 +162,7 @@ def write_md(path: str, entries: list, commands: list) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", help="a RecBole dataset name (required unless --report_only)")
     p.add_argument("--model", default="LightGCN")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--sparsity", type=float, default=0.9)
@@ -169,7 +171,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs_budgeted", default=",".join(f"{s}:{e}" for s, e in CALIBRATED_EPOCHS_BUDGETED.items()),
                    help="SPARSITY:EPOCHS,... for the budgeted trainings")
     p.add_argument("--out", required=True, help="path without suffix: updates .json, rewrites .md")
+    p.add_argument("--report_only", action="store_true", help="rewrite <out>.md from <out>.json, measure nothing")
     args = p.parse_args(argv)
+    if args.report_only:
+        with open(args.out + ".json") as fh:
+            data = json.load(fh)
+        write_md(args.out + ".md", data["entries"], data["commands"])
+        return 0
+    if not args.dataset:
+        p.error("--dataset is required")
     command = "python benchmarks/cell_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv for --KEY=VALUE: ours are not its keys
     if args.device == "cuda" and not torch.cuda.is_available():
