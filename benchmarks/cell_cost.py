@@ -148,7 +148,7 @@ def write_md(path: str, entries: list, commands: list) -> None:
         lines.append(f"**{m['dataset']}, {m['model']}, {m['device']}** (epochs: full {e['epochs_full']}, "
                      f"budgeted {e['epochs_budgeted']}; T={m['bet']['bet_iterations']}, "
                      f"h={m['bet']['bet_finetune_epochs']}, top-{m['bet']['bet_retrain_top_k']}; "
-                     f"{e['machine']}, {e['when']})")
+                     f"{e['machine']}, load average {e.get('load_average_1min', 'not recorded')}, {e['when']})")
         lines.append("")
         sparsities = sorted({k.split("@")[1] for k in c if "@" in k})
         lines.append("| cell | " + " | ".join(sparsities) + " |")
@@ -190,6 +190,8 @@ def main(argv=None) -> int:
                f"{platform.processor() or platform.machine()}, {os.environ.get('OMP_NUM_THREADS', 'all')} threads "
                f"of {os.cpu_count()} cores")
     entry = {"measured": measured, "epochs_full": args.epochs_full, "epochs_budgeted": budgeted,
+             # how busy the machine was: on shared cores every time above scales with it
+             "load_average_1min": round(os.getloadavg()[0], 2),
              "cells_min": cell_minutes(measured, args.epochs_full, budgeted), "machine": machine,
              "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "command": command}

@@ -201,7 +201,9 @@ def validate(config) -> None:
             raise BadInput(f"bet_finetune_batch_size must be 'auto' or an integer >= 1, got {value!r} "
                            "(e.g. --bet_finetune_batch_size=10000, the paper's)")
     for key, allowed in (("es_fill", ("frequency", "none")), ("es_init", ("scratch", "pretrained")),
-                         ("sseds_init", ("pretrained", "scratch"))):
+                         ("sseds_init", ("pretrained", "scratch")), ("bet_sampler", ("exact", "paper")),
+                         ("bet_distribution_draw", ("per_candidate", "per_iteration")),
+                         ("bet_retrain_init", ("scratch", "pretrained"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
     window = config["convergence_window"]

@@ -150,3 +150,23 @@ def test_calibration_rules_match_the_trainer_rule():
             c = conv(convergence_window=window, convergence_tol=tol, warmup_epochs=minimum, epochs=300)
             stop = run_until_stop(c, curve) or 300
             assert bench.stop_epoch(curve, {"kind": "window", "window": window, "tol": tol, "min": minimum}) == stop
+
+
+def test_bet_levers_paper_sampler_per_iteration_draws_and_warm_retraining(tmp_path):
+    """The ablation keys of BET: the paper's sampler, one distribution per side per iteration, and the top
+    actions retrained from the pretrained weights; the run stays within budget and says what it used."""
+    out = tmp_path / "bet"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2",
+                   "--method=bet", "--sparsity=0.8", "--bet_sampler=paper", "--bet_distribution_draw=per_iteration",
+                   "--bet_retrain_init=pretrained", f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    search = report["search"]
+    assert (search["sampler"], search["distribution_draw"], search["retrain_init"]) == \
+        ("paper", "per_iteration", "pretrained")
+    labels = [t["label"] for t in report["trainings"]]
+    assert labels[0] == "pretrain" and labels[1:] == ["from pretrained"] * len(search["retrained"])
+    assert report["kept_params"] <= report["budget_params"]
+    assert search["max_candidate_kept_params"] <= report["budget_params"]
+    assert report["config"]["bet_sampler"] == "paper" and report["config"]["bet_retrain_init"] == "pretrained"

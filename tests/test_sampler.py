@@ -78,3 +78,45 @@ def test_frequency_vectors_must_match():
     budget = make_budget(0.8, 32, 1, 10, 10, 1)
     with pytest.raises(ValueError):
         ActionSampler(budget, np.ones(9), np.ones(10))
+
+
+# ------------------------------------------------------------------------- the paper's sizing and draws
+
+def _skewed(sparsity, mode, draw, seed=3):
+    rng = np.random.default_rng(seed)
+    budget = make_budget(sparsity, 128, 1, 943, 1682, 1)
+    user_freq, item_freq = rng.zipf(1.7, 943).clip(max=500), rng.zipf(1.7, 1682).clip(max=500)
+    return budget, ActionSampler(budget, user_freq, item_freq, mode=mode, draw=draw), user_freq, item_freq
+
+
+@pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
+def test_paper_sizes_are_proportional_floors_and_draws_above_d_max_are_redrawn(sparsity):
+    budget, sampler, user_freq, _ = _skewed(sparsity, "paper", "per_candidate")
+    sizes, info = sampler.sample_with_info(60, np.random.default_rng(1))
+    assert sizes.shape == (60, budget.n_entities) and len(info) == 60
+    assert sizes.max() <= 128 and sizes.min() >= 1
+    assert (budget.kept_params_many(sizes) <= budget.budget_params).all()
+    # flooring wastes budget: the paper's sizes never fill it exactly, the exact sampler always does
+    exact = ActionSampler(budget, user_freq, np.ones(budget.n_items), mode="exact").sample(60, np.random.default_rng(1))
+    assert (budget.kept_params_many(exact) == budget.budget_params).all()
+    assert (budget.kept_params_many(sizes) < budget.budget_params).all()
+    if sparsity == 0.8:  # about 4 draws in 10 put an entity above 128 at 0.8 and are drawn again
+        assert 0.2 < sampler.rejected / (sampler.rejected + 60) < 0.7
+
+
+def test_per_iteration_draws_share_one_family_per_side():
+    budget, sampler, _, _ = _skewed(0.9, "exact", "per_iteration")
+    for seed in range(5):
+        _, info = sampler.sample_with_info(20, np.random.default_rng(seed))
+        for side in ("user", "item"):
+            assert len({(i[side]["distribution"], i[side]["beta"]) for i in info}) == 1
+        assert len({i["user_share"] for i in info}) == 20  # each candidate still splits the budget its own way
+    budget, sampler, _, _ = _skewed(0.9, "exact", "per_candidate")
+    _, info = sampler.sample_with_info(20, np.random.default_rng(0))
+    assert len({(i["user"]["distribution"], i["user"]["beta"]) for i in info}) > 1
+
+
+def test_unknown_mode_is_refused():
+    budget = make_budget(0.5, 8, 1, 3, 3, 1)
+    with pytest.raises(ValueError, match="mode"):
+        ActionSampler(budget, np.ones(3), np.ones(3), mode="fast")

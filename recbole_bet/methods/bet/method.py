@@ -101,7 +101,7 @@ class BET(Method):
 
         save_retrain.since = retrain_start
         retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
-            state.top(config["bet_retrain_top_k"]), ctx.train_from_scratch, done, save_retrain,
+            state.top(config["bet_retrain_top_k"]), retrainer(ctx, pre_state), done, save_retrain,
             None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data)))
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         search = {
@@ -116,6 +116,8 @@ class BET(Method):
             "pretrained_valid": pick(full_valid, REPORT_METRICS),
             "finetune_batch_size": finetune_batch,
             "finetune_steps_per_probe": len(finetune_data) * epochs,
+            "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
+            "retrain_init": config["bet_retrain_init"],
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
@@ -157,6 +159,15 @@ def _members_from(meta, saved) -> list:
                    m["seconds"]) for i, m in enumerate(meta["members"])]
 
 
+def retrainer(ctx, pre_state):
+    """How the top actions are retrained (``bet_retrain_init``): from the fresh initial weights, as the paper
+    (``scratch``), or from the pretrained weights with the action's sizes applied (``pretrained``, SSEDS's
+    warm start). Either way: (sizes) -> (weights, validation, seconds)."""
+    if ctx.config["bet_retrain_init"] == "pretrained":
+        return lambda sizes: ctx.train_from(pre_state, sizes, label="from pretrained")
+    return ctx.train_from_scratch
+
+
 def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=None, evaluate_test=None):
     """Paper 3.5.2: train each top action from scratch; choose by validation quality (Eq. 13-14).
 
@@ -172,7 +183,7 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
     for rank, member in enumerate(top):
         if rank < len(entries):
             continue
-        logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f}) from scratch")
+        logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f})")
         weights, valid, _ = train_from_scratch(member.sizes)
         entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
                         "valid_quality": quality(valid), "kept_params": member.kept_params})
@@ -218,7 +229,8 @@ def build_search(ctx, probe) -> SearchLoop:
     config = ctx.config
     seed = config["seed"]
     torch.manual_seed(seed)
-    sampler = ActionSampler(ctx.budget, ctx.user_freq, ctx.item_freq, beta_max=config["bet_beta_max"])
+    sampler = ActionSampler(ctx.budget, ctx.user_freq, ctx.item_freq, beta_max=config["bet_beta_max"],
+                            mode=config["bet_sampler"], draw=config["bet_distribution_draw"])
     predictor = build_predictor(config["bet_predictor"], ctx.user_freq, ctx.item_freq, ctx.budget.d_max)
     generator = torch.Generator().manual_seed(seed)
     trainer = PredictorTrainer(predictor, lr=config["bet_predictor_lr"],
