@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -264,3 +265,23 @@ def test_wins_ties_losses():
     tally = wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
     assert (tally["a"]["win"], tally["a"]["tie"], tally["a"]["loss"]) == (1, 1, 0)
     assert (tally["b"]["win"], tally["b"]["tie"], tally["b"]["loss"]) == (0, 1, 1)
+
+
+def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):
+    """recbole_bet.files.exclusive_lock, which recbole_bet.pretrain holds while it trains: cells of a grid that
+    share a pretraining wait for the first instead of training it again (tests/test_grid_ray.py runs two)."""
+    from recbole_bet.files import exclusive_lock
+
+    lock = tmp_path / "model.pt.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom recbole_bet.files import exclusive_lock\n"
+                               f"with exclusive_lock({str(lock)!r}) as held:\n"
+                               "    print(held, flush=True)\n    time.sleep(1.5)\n"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    start, waited = time.monotonic(), []
+    with exclusive_lock(lock, on_wait=lambda: waited.append(holder.poll())) as held:
+        assert held and time.monotonic() - start > 1.0  # not before the holder's block ended
+    assert waited == [None]  # told to wait while the holder still ran
+    holder.wait()
+    with exclusive_lock(tmp_path / "no-such-folder" / "x.lock") as held:  # no lock possible: run unlocked
+        assert held is False

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from recbole_bet.grid.cells import cell_state
 from recbole_bet.grid.load import GridError
@@ -25,7 +26,9 @@ RAY_PIN = "ray<=2.6.3"  # what RecBole 1.2.1 asks for (setup.cfg)
 
 def import_ray():
     try:
-        import ray
+        with warnings.catch_warnings():  # ray 2.6 imports pkg_resources, which warns on setuptools >= 67
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import ray
     except ImportError as exc:
         raise GridError(f"--executor=ray needs Ray, which cannot be imported here ({exc}); install it with "
                         f"pip install '{RAY_PIN}' or run with --executor=local") from None
@@ -121,6 +124,11 @@ class Progress:
             self.bar.write(text, file=sys.stdout)
             self.bar.update(1)
 
+    def tick(self, failed: int) -> None:
+        """Between finished cells: keep the elapsed time current, and say how many failed so far."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -157,7 +165,9 @@ def run_ray(cells: list, address=None, num_cpus=None) -> list:
         progress = Progress(len(todo))
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                # a timeout, so that Ctrl-C and SIGTERM reach Python at least once a second
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                progress.tick(len(failures))
                 for ref in ready:
                     i, cell, t0, wall0 = submitted[ref]
                     outcome = _outcome_of(ray, ref, cell, t0, wall0)

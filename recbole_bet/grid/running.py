@@ -85,6 +85,16 @@ def _add_partial(cell: Cell, seconds: float) -> None:
         path.write_text(json.dumps({"wall_s": round(before + seconds, 3)}) + "\n")
 
 
+def _wait(proc) -> int:
+    """proc.wait(), in slices: a cancelled Ray task is told by an exception raised between two Python
+    steps, which a single blocking wait for the child would hold back until the cell ended."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _launch(cell: Cell, args: list, extra_args=(), die_with_parent=False) -> tuple:
     err = cell.log_err()
     err.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +109,7 @@ def _launch(cell: Cell, args: list, extra_args=(), die_with_parent=False) -> tup
         proc = subprocess.Popen(launched, cwd=cell.grid.workdir, stdout=fo, stderr=fe,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            code = proc.wait()
+            code = _wait(proc)
         except BaseException:  # Ctrl-C, SIGTERM or a cancelled Ray task: stop the cell too (its checkpoints
             # are atomic: resumable)
             if proc.poll() is None:
@@ -152,7 +162,7 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
         _add_partial(cell, seconds)  # a BET cell that crashed after a checkpoint resumes next time
         return Outcome("failed", seconds, code, resumed, tail(err), err, note, host)
     record = {"cell": cell.id, "grid": cell.grid.name, "label": cell.spec.label, "method": cell.spec.method,
-              "args": args, "command": shlex.join(command_for(args)),
+              "args": args, "command": shlex.join(command_for([*args, *extra_args])),
               "resumed": resumed, "started": started,
               "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "wall_s": round(seconds, 3), "wall_s_total": round(earlier + seconds, 3), "returncode": code,
