@@ -148,6 +148,7 @@ def test_failed_cells_are_listed_and_a_shared_pretraining_runs_once(ray_address,
     assert len(list((tmp_path / "pretrain").glob("*.pt"))) == 1
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the cell's process in /proc (Linux)")
 def test_a_killed_cell_is_reported_and_an_interrupted_run_resumes(ray_address, tmp_path):
     # two CPUs a cell: one cell at a time, es then mr
     path = _grid_file(tmp_path, resources={"num_cpus": 2})
