@@ -58,7 +58,8 @@ def package_main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"convert": "convert LightGCN-format train/test(/valid).txt into RecBole atomic files",
                 "run": "the same as run_bet.py",
-                "recommend": "top-k items for users from a finished run's table.npz"}
+                "recommend": "top-k items for users from a finished run's table.npz",
+                "grid": "run a benchmark grid (here or on a Ray cluster) and build its tables"}
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(commands)}", file=sys.stderr)
         return 2
@@ -74,4 +75,8 @@ def package_main(argv=None) -> int:
         from recbole_bet.recommend import main as recommend_main
 
         return guarded(recommend_main, argv[1:])
+    if argv[0] == "grid":
+        from recbole_bet.grid.command import main as grid_main
+
+        return guarded(grid_main, argv[1:])
     return run_bet_main(argv[1:])

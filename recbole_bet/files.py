@@ -26,3 +26,34 @@ def atomic_write(path, mode: str = "wb", suffix: str = ".tmp", encoding: str | N
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, on_wait=None):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; ``on_wait()`` is called
+    first if another process holds it. Yields whether the lock is held: where there are no locks (no fcntl,
+    an unwritable folder, a filesystem without them) the block runs unlocked. For work that is wasteful, not
+    wrong, to do twice at once: the files themselves are written atomically either way."""
+    try:
+        import fcntl
+
+        handle = open(path, "a")
+    except (ImportError, OSError):
+        handle = None
+    held = False
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                held = True
+            except OSError:
+                pass
+        yield held
+    finally:
+        if handle is not None:
+            handle.close()  # closing the file releases the lock

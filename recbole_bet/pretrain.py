@@ -16,7 +16,7 @@ from time import perf_counter
 import torch
 
 from recbole_bet.config import pretrain_key_items
-from recbole_bet.files import atomic_write
+from recbole_bet.files import atomic_write, exclusive_lock
 from recbole_bet.masking import plain_state_dict
 
 
@@ -50,18 +50,39 @@ def pretrained(ctx, variant: str = "", train=None) -> tuple[dict, dict, float]:
     """(stock-layout weights, validation metrics, seconds spent) of the full-width model.
 
     ``train(ctx) -> valid`` replaces plain training to convergence (it leaves the trained weights in
-    ``ctx.model``); such a training must come with its own ``variant`` so the two never share a file."""
+    ``ctx.model``); such a training must come with its own ``variant`` so the two never share a file.
+
+    Runs that share a pretraining may start together (a grid's cells on Ray, two harnesses at once): the
+    first takes a lock beside the cache file and trains, the others wait for it and load its file. Their
+    seconds spent count from the end of the wait."""
     start = perf_counter()
     path = cache_path(ctx.config, variant)
     logger = getLogger()
-    cached = _load(path) if os.path.isfile(path) else None
     label = f"pretrain {variant.split(':')[0]}".strip()
-    if cached is not None:
-        state, valid, training = cached
-        logger.info(f"pretrained model loaded from cache {path}")
-        training = json.loads(training) if training else None
-        ctx.trainings.append(dict({"label": label}, **(training or {}), cached=True))
-        return state, valid, perf_counter() - start
+    cached = _load(path) if os.path.isfile(path) else None
+    if cached is None:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        except OSError:
+            pass  # the lock and the cache are optimisations: a read-only disk must not stop the run
+
+        def waiting():
+            logger.info(f"waiting for another run that is pretraining the same model ({path})")
+
+        with exclusive_lock(f"{path}.lock", on_wait=waiting):
+            start = perf_counter()
+            cached = _load(path) if os.path.isfile(path) else None
+            if cached is None:
+                return _pretrain(ctx, path, label, train, start)
+    state, valid, training = cached
+    logger.info(f"pretrained model loaded from cache {path}")
+    training = json.loads(training) if training else None
+    ctx.trainings.append(dict({"label": label}, **(training or {}), cached=True))
+    return state, valid, perf_counter() - start
+
+
+def _pretrain(ctx, path: str, label: str, train, start: float) -> tuple[dict, dict, float]:
+    logger = getLogger()
     logger.info("pretraining the full-width model to convergence")
     ctx.reseed()
     ctx.masked.load(ctx.init_state)

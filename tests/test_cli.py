@@ -82,12 +82,12 @@ def test_package_usage():
     proc = run_cli(module=True, timeout=120)
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: python -m recbole_bet COMMAND")
-    assert "convert" in proc.stdout and "run" in proc.stdout
+    assert "convert" in proc.stdout and "run" in proc.stdout and "grid" in proc.stdout
     assert proc.stderr == ""
 
     proc = run_cli("frobnicate", module=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown command 'frobnicate'; choose one of convert, run, recommend"]
+    assert errors == ["error: unknown command 'frobnicate'; choose one of convert, run, recommend, grid"]
     assert proc.stdout == ""

@@ -1,35 +1,30 @@
-"""The reproduction harness benchmarks/grid.py: runs cells as subprocesses, resumes, reports failures, builds tables."""
+"""The grid harness (python -m recbole_bet grid, local executor): runs cells as subprocesses, resumes, reports
+failures, builds tables; works from an installed copy. tests/test_grid_ray.py runs the Ray executor."""
 import csv
-import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from recbole_bet.grid.cells import cell_state, grid_cells
+from recbole_bet.grid.load import load_grid
+from recbole_bet.grid.stats import wins_ties_losses
+
 REPO = Path(__file__).resolve().parents[1]
-GRID_PY = REPO / "benchmarks" / "grid.py"
-TINY = REPO / "benchmarks" / "grids" / "tiny.yaml"
+TINY = REPO / "grids" / "tiny.yaml"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_grid", GRID_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
-
-
-grid = _module()
-
-
-def _run(*args, timeout=300):
-    return subprocess.run([sys.executable, str(GRID_PY), *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def _run(*args, timeout=300, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "-m", "recbole_bet", "grid", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _csv_rows(path):
@@ -61,7 +56,7 @@ def test_tiny_grid_runs_resumes_and_survives_a_failing_cell(tmp_path):
     md = (results / "ml-100k.md").read_text()
     assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | from | conv. | seeds | wall |" in md
     assert all(r["selected_from"] == "1" and r["all_converged"] == "False" for r in rows)  # 1 epoch: the cap
-    assert "| es | 0.9 |" in md and "| mr | 0.9 |" in md and "Produced by `python benchmarks/grid.py" in md
+    assert "| es | 0.9 |" in md and "| mr | 0.9 |" in md and "Produced by `python -m recbole_bet grid" in md
     assert "done" in _status_line(first.stdout, "ml-100k/LightGCN/es/0.9/seed2020")
 
     # a second grid over the same cells, with a method that does not exist between them;
@@ -93,20 +88,25 @@ def test_cell_states_and_dry_run(tmp_path):
     spec.update(output_root=str(tmp_path / "runs"))
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(spec))
-    g = grid.load_grid(path)
-    es, bet = grid.grid_cells(g)
-    assert [grid.cell_state(c) for c in (es, bet)] == ["new", "new"]
+    g = load_grid(path)
+    es, bet = grid_cells(g)
+    assert [cell_state(c) for c in (es, bet)] == ["new", "new"]
     es.dir.mkdir(parents=True)
     (es.dir / "checkpoint.pt").write_bytes(b"x")  # es never resumes: the leftover is deleted and rerun
     bet.dir.mkdir(parents=True)
     (bet.dir / "checkpoint.pt").write_bytes(b"x")
-    assert [grid.cell_state(c) for c in (es, bet)] == ["rerun", "resume"]
+    assert [cell_state(c) for c in (es, bet)] == ["rerun", "resume"]
     (bet.dir / "report.json").write_text("{}")
-    assert grid.cell_state(bet) == "done"
+    assert cell_state(bet) == "done"
     dry = _run(f"--grid={path}", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would rerun" in _status_line(dry.stdout, "/es/0.9/") and "skipped" in _status_line(dry.stdout, "/bet/0.9/")
     assert "--method=es --sparsity=0.9 --seed=2020" in dry.stdout and "--config_files=quick --epochs=1" in dry.stdout
+    assert "python -m recbole_bet run --model=LightGCN --dataset=ml-100k" in dry.stdout  # no run_bet.py once installed
+    # the old script is a thin wrapper over the same command
+    wrapped = subprocess.run([sys.executable, "benchmarks/grid.py", f"--grid={path}", "--dry-run"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert wrapped.returncode == 0 and wrapped.stdout == dry.stdout, wrapped.stderr
     assert (es.dir / "checkpoint.pt").exists()  # a dry run touches nothing
     only = _run(f"--grid={path}", "--dry-run", "--only=*/bet/*")
     assert "/es/" not in only.stdout and "1 cell(s)" in only.stdout
@@ -118,6 +118,8 @@ def test_cell_states_and_dry_run(tmp_path):
     ({"sparsities": [1.5]}, "strictly between"),
     ({"colour": "red"}, "unknown key"),
     ({"config": {"valid_metric": "a=b"}}, "cannot be passed"),
+    ({"resources": {"num_gpu": 1}}, "`resources` is a mapping"),
+    ({"resources": {"num_cpus": -1}}, "must be a number >= 0"),
 ])
 def test_bad_grid_files_are_refused(tmp_path, change, message):
     spec = {**yaml.safe_load(TINY.read_text()), **change}
@@ -125,6 +127,56 @@ def test_bad_grid_files_are_refused(tmp_path, change, message):
     path.write_text(yaml.safe_dump(spec))
     proc = _run(f"--grid={path}", "--dry-run")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bundled_grid_by_name_and_ray_only_when_chosen(tmp_path, monkeypatch, capsys):
+    from recbole_bet.cli import package_main
+
+    monkeypatch.chdir(tmp_path)
+    assert package_main(["grid", "--grid=tiny", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "grid tiny: 2 cell(s) -> results/runs/tiny" in out  # a bundled grid, outputs under the current folder
+    assert "--output_dir=results/runs/tiny/ml-100k/LightGCN/es/0.9/seed2020" in out
+    assert package_main(["grid", "--grid=no-such-grid"]) == 2
+    assert "error: grid file no-such-grid does not exist" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` fails
+    assert package_main(["grid", "--grid=tiny", "--executor=ray"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --executor=ray needs Ray" in err and "Traceback" not in err
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_grid_command_from_an_installed_wheel(tmp_path):
+    """A wheel built from this checkout, unpacked into a folder of its own: the bundled grid is found and
+    every output lands under the current folder (no run_bet.py, no checkout)."""
+    src, site, work = tmp_path / "src", tmp_path / "site", tmp_path / "work"
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, src / name)
+    for name in ("recbole_bet", "properties", "grids"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", str(src), "-w", str(tmp_path / "wheels")],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp_path / "wheels").glob("recbole_bet-*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the unpacked wheel only, never this checkout
+    where = subprocess.run([sys.executable, "-c", "import recbole_bet.grid.load as m; print(m.grids_dir())"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == str(site / "recbole_bet" / "grids"), where.stderr
+    proc = _run("--grid=tiny", "--only=*/es/*", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    cell = work / "results" / "runs" / "tiny" / "ml-100k" / "LightGCN" / "es" / "0.9" / "seed2020"
+    report = json.loads((cell / "report.json").read_text())
+    assert report["kept_params"] <= report["budget_params"]
+    info = json.loads((cell / "cell.json").read_text())
+    assert " -m recbole_bet run --model=LightGCN" in info["command"]
+    rows = _csv_rows(work / "results" / "tiny" / "ml-100k.csv")
+    assert [(r["method"], r["output_dir"]) for r in rows] == [("es", "results/runs/tiny/ml-100k/LightGCN/es/0.9/seed2020")]
+    assert "- `recbole_bet/grids/tiny.yaml` (grid `tiny`)" in (work / "results" / "tiny" / "ml-100k.md").read_text()
+    assert (work / "log").is_dir()  # RecBole's own log folder: the cell ran in the current folder
 
 
 def _fake_report(cell, r20, n20, seconds=10.0, budget_applied=True):
@@ -149,10 +201,10 @@ def test_tables_from_finished_cells(tmp_path):
     path = tmp_path / "grids" / "fake.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(spec))
-    g = grid.load_grid(path)
+    g = load_grid(path)
     rng = np.random.default_rng(0)
     values = {}
-    for cell in grid.grid_cells(g):
+    for cell in grid_cells(g):
         if cell.sparsity == 0.9 and cell.seed > 1 and cell.spec.label != "es":
             continue  # at 0.9 only seed 1 for mr/bet: no paired test there
         base = {"es": 0.20, "mr": 0.10, "bet": 0.25, "bet-random": 0.40, "esapn-none": 0.9}[cell.spec.label]
@@ -186,7 +238,7 @@ def test_tables_from_finished_cells(tmp_path):
     assert "| es | 0.8 | 0.8000 |" in md and "| 3/3 |" in md  # not 3/6: the sibling's es cells are the same
     assert "| bet@other | 0.8 | – |" in md and "| 0/3 |" in md
     # run folders are not in git: with one gone, its row is kept from the CSV the last build wrote
-    gone = next(c for c in grid.grid_cells(g) if c.spec.label == "es" and c.sparsity == 0.8 and c.seed == 2)
+    gone = next(c for c in grid_cells(g) if c.spec.label == "es" and c.sparsity == 0.8 and c.seed == 2)
     shutil.rmtree(gone.dir)
     proc = _run(f"--grid={path}", "--tables-only")
     assert proc.returncode == 0, proc.stderr
@@ -210,6 +262,26 @@ def test_wins_ties_losses():
                              ("a", 0.8, [0.31, 0.30, 0.32]), ("b", 0.8, [0.29, 0.33, 0.31])):
         rows = [{"seed": k, "test_recall@20": v} for k, v in enumerate(values)]
         groups[label, s] = {"rows": rows, "seeds": dict(enumerate(rows)), "budget_applied": True}
-    tally = grid.wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
+    tally = wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
     assert (tally["a"]["win"], tally["a"]["tie"], tally["a"]["loss"]) == (1, 1, 0)
     assert (tally["b"]["win"], tally["b"]["tie"], tally["b"]["loss"]) == (0, 1, 1)
+
+
+def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):
+    """recbole_bet.files.exclusive_lock, which recbole_bet.pretrain holds while it trains: cells of a grid that
+    share a pretraining wait for the first instead of training it again (tests/test_grid_ray.py runs two)."""
+    from recbole_bet.files import exclusive_lock
+
+    lock = tmp_path / "model.pt.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom recbole_bet.files import exclusive_lock\n"
+                               f"with exclusive_lock({str(lock)!r}) as held:\n"
+                               "    print(held, flush=True)\n    time.sleep(1.5)\n"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    start, waited = time.monotonic(), []
+    with exclusive_lock(lock, on_wait=lambda: waited.append(holder.poll())) as held:
+        assert held and time.monotonic() - start > 1.0  # not before the holder's block ended
+    assert waited == [None]  # told to wait while the holder still ran
+    holder.wait()
+    with exclusive_lock(tmp_path / "no-such-folder" / "x.lock") as held:  # no lock possible: run unlocked
+        assert held is False

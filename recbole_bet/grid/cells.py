@@ -1,0 +1,120 @@
+"""The cells of a grid, their arguments for ``python -m recbole_bet run``, and the state of each on disk."""
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from recbole_bet.grid.load import Grid, MethodSpec, cli_value
+
+CHECKPOINT = "checkpoint.pt"  # recbole_bet.methods.base.CHECKPOINT_FILENAME (not imported: it imports torch)
+
+
+def fmt_sparsity(s: float) -> str:
+    return format(float(s), "g")
+
+
+def shown(path, base=None) -> str:
+    """A path for messages and tables: relative to ``base`` (default: the current folder) when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path(base or Path.cwd()).resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class Cell:
+    grid: Grid
+    dataset: str
+    model: str
+    spec: MethodSpec
+    sparsity: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.spec.label}/{fmt_sparsity(self.sparsity)}/seed{self.seed}"
+
+    @property
+    def key(self) -> tuple:
+        return self.dataset, self.model, self.spec.label, float(self.sparsity), self.seed
+
+    @property
+    def dir(self) -> Path:
+        return self.grid.output_root / self.dataset / self.model / self.spec.label / fmt_sparsity(self.sparsity) / \
+            f"seed{self.seed}"
+
+    @property
+    def dir_arg(self) -> str:
+        """The output directory as the cell's command (run in the grid's workdir) is given it, and as the
+        results CSV keys its row: relative to the workdir when inside it."""
+        return shown(self.dir, self.grid.workdir)
+
+    @property
+    def report_path(self) -> Path:
+        return self.dir / "report.json"
+
+    def run_args(self) -> list:
+        """``python -m recbole_bet run``'s arguments (without --resume)."""
+        args = [f"--model={self.model}", f"--dataset={self.dataset}", f"--method={self.spec.method}",
+                f"--sparsity={fmt_sparsity(self.sparsity)}", f"--seed={self.seed}", f"--output_dir={self.dir_arg}"]
+        if self.grid.config_files:
+            args.append(f"--config_files={' '.join(self.grid.config_files)}")
+        extra = {**self.grid.config, **self.spec.config}  # the method's keys win
+        args += [f"--{k}={cli_value(v)}" for k, v in extra.items()]
+        return args
+
+    def log_base(self) -> Path:
+        return self.grid.output_root / "logs" / self.id.replace("/", "__")
+
+    def log_err(self) -> Path:
+        """The cell's stderr log (it starts with the command)."""
+        base = self.log_base()
+        return base.parent / f"{base.name}.err"
+
+
+def grid_cells(grid: Grid) -> list:
+    """Order: dataset, model, seed, sparsity, method (a complete first seed comes first)."""
+    return [Cell(grid, d, m, spec, s, k) for d in grid.datasets for m in grid.models for k in grid.seeds
+            for s in grid.sparsities for spec in grid.methods]
+
+
+def select_cells(cells: list, only: list) -> list:
+    if not only:
+        return cells
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.id, pattern) for pattern in only)]
+
+
+def cell_state(cell: Cell) -> str:
+    """done (report.json exists), resume (interrupted BET run with a checkpoint), rerun (a leftover
+    directory without report: deleted first), new."""
+    if cell.report_path.is_file():
+        return "done"
+    if cell.dir.exists():
+        if cell.spec.method == "bet" and (cell.dir / CHECKPOINT).is_file():
+            return "resume"
+        return "rerun"
+    return "new"
+
+
+def comparable_args(args) -> list:
+    return [a for a in args if not a.startswith("--output_dir=")]
+
+
+def load_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stale_note(cell: Cell) -> str:
+    """A finished cell whose recorded arguments differ from what the grid asks now (never rerun)."""
+    recorded = (load_json(cell.dir / "cell.json") or {}).get("args")
+    if recorded is None or comparable_args(recorded) == comparable_args(cell.run_args()):
+        return ""
+    now, then = set(comparable_args(cell.run_args())), set(comparable_args(recorded))
+    return (f"ran with other arguments (now {sorted(now - then)}, then {sorted(then - now)}); "
+            f"delete {cell.dir} to rerun it")

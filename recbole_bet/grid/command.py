@@ -1,0 +1,105 @@
+"""``python -m recbole_bet grid``: run a grid's cells (here one at a time, or as Ray tasks), then build its tables.
+
+Exit status: 0 when every selected cell finished; 1 when a cell failed (the tables are still built, the
+failures listed at the end with their logs); 2 for a bad grid file or option; 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+
+from recbole_bet.grid.cells import grid_cells, select_cells, shown
+from recbole_bet.grid.load import GridError, bundled_grids, load_grid
+from recbole_bet.grid.running import describe, print_summary, run_local
+from recbole_bet.grid.tables import build_tables
+
+PROG = "python -m recbole_bet grid"
+
+
+def parse_args(argv: list, prog: str):
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a grid of datasets x models x methods x sparsities x seeds, then build tables.",
+        epilog="Bundled grids (--grid=NAME): " + (", ".join(bundled_grids()) or "none found")
+        + ". See docs/reproduction.md.")
+    parser.add_argument("--grid", required=True,
+                        help="a grid YAML, or the name of a bundled grid, e.g. tiny or ml100k-lightgcn-5seeds")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only cells whose id DATASET/MODEL/LABEL/SPARSITY/seedSEED matches one of these "
+                             "comma-separated globs, e.g. --only='*/bet/*' (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and what would happen; run nothing")
+    parser.add_argument("--tables-only", action="store_true", help="build the tables from finished cells; run nothing")
+    parser.add_argument("--output-root", default=None,
+                        help="override the grid's output_root (relative paths: from the current folder)")
+    parser.add_argument("--results-dir", default=None, help="override the grid's results_dir (default results)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one cell after another here (default); ray: every cell a Ray task")
+    parser.add_argument("--ray_address", "--ray-address", default=None,
+                        help="with --executor=ray: auto (the cluster `ray start` began on this machine) or "
+                             "HOST:PORT; default: start a Ray on this machine alone")
+    parser.add_argument("--ray_num_cpus", "--ray-num-cpus", type=int, default=None,
+                        help="with --executor=ray and no --ray_address: the CPUs of that Ray (default: all)")
+    return parser.parse_args(argv)
+
+
+def _report_failures(failures: list) -> None:
+    print(f"\n{len(failures)} cell(s) failed:", file=sys.stderr)
+    for cell, outcome in failures:
+        where = f" on {outcome.host}" if outcome.host else ""
+        log = shown(outcome.log) if outcome.log else "none here"
+        print(f"\n--- {cell.id} ({outcome.why}, {outcome.seconds:.1f} s{where}); full stderr: {log}",
+              file=sys.stderr)
+        print("\n".join("    " + line for line in outcome.stderr_tail.splitlines()), file=sys.stderr)
+
+
+def _run_cells(grid, args, only) -> tuple:
+    """(exit status or None, failures)."""
+    cells = select_cells(grid_cells(grid), only)
+    if only and not cells:
+        raise GridError(f"--only {only} matches none of the grid's cells, e.g. {grid_cells(grid)[0].id}")
+    print(f"grid {grid.name}: {len(cells)} cell(s) -> {shown(grid.output_root)}")
+    if args.dry_run:
+        print_summary(len(cells), describe(cells), dry_run=True)
+        return 0, []
+    if args.executor == "ray":
+        from recbole_bet.grid.ray_executor import run_ray
+
+        return None, run_ray(cells, args.ray_address, args.ray_num_cpus)
+    return None, run_local(cells)
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv, prog)
+    command = f"{prog} {shlex.join(argv)}"
+    only = [p.strip() for group in args.only for p in group.split(",") if p.strip()]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term) if in_main_thread else None
+    try:
+        grid = load_grid(args.grid, args.output_root, args.results_dir)
+        failures = []
+        if not args.tables_only:
+            code, failures = _run_cells(grid, args, only)
+            if code is not None:
+                return code
+        build_tables(grid, command)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue (finished cells are skipped, an "
+              "interrupted BET cell resumes from its checkpoint)", file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if failures:
+        _report_failures(failures)
+        return 1
+    return 0

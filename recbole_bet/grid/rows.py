@@ -1,0 +1,143 @@
+"""Collecting rows: one per finished cell of every grid merged into a dataset's tables, and the rows of the
+results CSV already there for listed cells whose run folders are gone (run folders are not in git; the CSV is).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from recbole_bet.grid.cells import comparable_args, grid_cells, load_json
+from recbole_bet.grid.load import METRICS, Grid, GridError, load_grid
+
+TIMINGS = ("pretrain", "search", "retrain", "total")
+CSV_COLUMNS = (["dataset", "model", "method", "base_method", "sparsity", "seed", "realized_sparsity", "kept_params",
+                "budget_params", "budget_applied"] + [f"{s}_{m}" for s in ("valid", "test") for m in METRICS]
+               + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "selected_from", "all_converged", "max_epochs",
+                                                "grid", "output_dir"])
+
+
+def merge_set(grid: Grid) -> list:
+    """The grid plus every sibling YAML (same folder) that writes its tables to the same results_dir."""
+    grids = [grid]
+    for path in sorted(grid.path.parent.glob("*.yaml")):
+        if path.resolve() == grid.path:
+            continue
+        try:
+            other = load_grid(path, workdir=grid.workdir)
+        except GridError as exc:
+            print(f"warning: ignoring {path} for the tables: {exc}", file=sys.stderr)
+            continue
+        if other.results_dir.resolve() == grid.results_dir.resolve():
+            grids.append(other)
+    return grids
+
+
+def _typed(row: dict) -> dict:
+    """A row read back from a results CSV, with the types collect() gives its own rows."""
+    out = {}
+    for k in CSV_COLUMNS:
+        v = row.get(k, "")
+        if v == "" or v is None:
+            out[k] = None
+        elif k in ("budget_applied", "resumed", "all_converged"):
+            out[k] = v == "True"
+        elif k in ("seed", "kept_params", "budget_params", "selected_from", "max_epochs"):
+            out[k] = int(float(v))
+        elif k in ("dataset", "model", "method", "base_method", "grid", "output_dir"):
+            out[k] = v
+        else:
+            out[k] = float(v)
+    return out
+
+
+def previous_rows(path: Path) -> dict:
+    """Rows of an earlier <dataset>.csv by output_dir: the durable record of cells whose run folders are gone
+    (results/runs is not in git, so a fresh clone or a cleaned disk has none of them)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {r["output_dir"]: _typed(r) for r in csv.DictReader(fh) if r.get("output_dir")}
+
+
+def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
+    """(rows, expected) for one dataset: a row per finished cell; expected[(model, label, sparsity)] =
+    {"n": cells the grids ask for, "base": the method}. A cell listed by two grids with the same arguments
+    counts once (the copy that finished); with other arguments the later grid's label becomes ``label@grid``.
+    A cell without a report but with a row in ``previous`` (the earlier CSV, by output folder) keeps that row,
+    marked ``carried``."""
+    previous = previous or {}
+    chosen = {}  # (dataset, model, label, sparsity, seed) -> (cell, label), in grid order
+    for grid in grids:
+        if dataset not in grid.datasets:
+            continue
+        for cell in grid_cells(grid):
+            if cell.dataset != dataset:
+                continue
+            key, label = cell.key, cell.spec.label
+            if key in chosen:
+                other = chosen[key][0]
+                if comparable_args(other.run_args()) == comparable_args(cell.run_args()):
+                    if not other.report_path.is_file() and cell.report_path.is_file():
+                        chosen[key] = (cell, label)
+                    continue
+                label = f"{label}@{grid.name}"
+                key = (*key[:2], label, *key[3:])
+                print(f"warning: {cell.id} is in grids {other.grid.name} and {grid.name} with different "
+                      f"settings; the second is shown as {label}", file=sys.stderr)
+            chosen[key] = (cell, label)
+    rows, expected = [], {}
+    for cell, label in chosen.values():
+        group = expected.setdefault((cell.model, label, float(cell.sparsity)), {"n": 0, "base": cell.spec.method})
+        group["n"] += 1
+        report = load_json(cell.report_path)
+        if report is None:
+            kept = previous.get(cell.dir_arg)
+            if kept is not None and kept["method"] == label and kept["seed"] == cell.seed:
+                rows.append({**kept, "carried": True})
+                one = previous.get(f"{cell.dir_arg}#@1")
+                if one is not None:
+                    rows.append({**one, "carried": True})
+                    expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
+                                        {"n": 0, "base": cell.spec.method})["n"] += 1
+            continue
+        info = load_json(cell.dir / "cell.json") or {}
+        timings = report.get("timings_s") or {}
+        row = {"dataset": dataset, "model": cell.model, "method": label, "base_method": cell.spec.method,
+               "sparsity": float(cell.sparsity), "seed": cell.seed, "grid": cell.grid.name,
+               "realized_sparsity": report.get("realized_sparsity"), "kept_params": report.get("kept_params"),
+               "budget_params": report.get("budget_params"),
+               # false for a method run as published without a budget (esapn_budget=none)
+               "budget_applied": report.get("budget_applied", True)}
+        for split in ("valid", "test"):
+            for m in METRICS:
+                row[f"{split}_{m}"] = (report.get(split) or {}).get(m)
+        for t in TIMINGS:
+            row[f"{t}_s"] = timings.get(t)
+        row["wall_s"] = info.get("wall_s_total", info.get("wall_s"))
+        row["resumed"] = info.get("resumed")
+        row["output_dir"] = cell.dir_arg
+        retrained = (report.get("search") or {}).get("retrained") if cell.spec.method == "bet" else None
+        # the final model was chosen (on validation) among this many trainings: BET's top-k, one elsewhere
+        row["selected_from"] = len(retrained) if retrained else 1
+        trainings = report.get("trainings") or []
+        row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
+        row["max_epochs"] = max((t.get("epochs") or 0 for t in trainings), default=None) if trainings else None
+        rows.append(row)
+        if retrained and "test" in retrained[0]:  # bet@1: the fittest action retrained once, no extra cost
+            first = retrained[0]
+            one = dict(row, method=f"{label}@1", selected_from=1, output_dir=f"{cell.dir_arg}#@1",
+                       realized_sparsity=1 - first["kept_params"] / report["full_params"],
+                       kept_params=first["kept_params"])
+            for split in ("valid", "test"):
+                for m in METRICS:
+                    one[f"{split}_{m}"] = first[split].get(m)
+            rows.append(one)
+            group1 = expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
+                                         {"n": 0, "base": cell.spec.method})
+            group1["n"] += 1
+    return rows, expected
+
+
+def n_asked(expected: dict) -> int:
+    return sum(g["n"] for g in expected.values())

@@ -1,0 +1,106 @@
+"""Statistics over seeds: mean ± std per method and sparsity, BET's paired t-test against its best rival,
+and BET's wins/ties/losses against every baseline. numpy and scipy are imported when first needed."""
+from __future__ import annotations
+
+import math
+
+from recbole_bet.grid.load import METRICS
+
+
+def mean_std(values):
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
+
+
+def p_value(a: dict, b: dict) -> tuple:
+    """Paired t-test over the seeds both have: (p, n) or (None, n)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None, len(seeds)
+    from scipy.stats import ttest_rel
+
+    p = float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    return (None if math.isnan(p) else p), len(seeds)
+
+
+def summarize(rows: list, expected: dict, model: str) -> tuple:
+    """(groups, sparsities, labels): groups[(label, sparsity)] = per-seed values and summaries."""
+    labels, sparsities, groups = [], [], {}
+    for (m, label, s), asked in expected.items():  # grid order
+        if m != model:
+            continue
+        if label not in labels:
+            labels.append(label)
+        if s not in sparsities:
+            sparsities.append(s)
+        groups[label, s] = {"expected": asked["n"], "rows": [], "base": asked["base"]}
+    for row in rows:
+        if row["model"] == model:
+            groups[row["method"], row["sparsity"]]["rows"].append(row)
+    for g in groups.values():
+        g["seeds"] = {r["seed"]: r for r in g["rows"]}
+        g["stats"] = {m: mean_std([r[f"test_{m}"] for r in g["rows"]]) for m in METRICS}
+        g["realized"] = mean_std([r["realized_sparsity"] for r in g["rows"]])[0]
+        g["budget_applied"] = all(r["budget_applied"] for r in g["rows"])
+        froms = sorted({r.get("selected_from") or 1 for r in g["rows"]})
+        g["selected_from"] = "/".join(str(f) for f in froms) if froms else "–"
+        conv = [r.get("all_converged") for r in g["rows"] if r.get("all_converged") is not None]
+        g["converged"] = f"{sum(conv)}/{len(conv)}" if conv else "–"
+        walls = [r["wall_s"] if r["wall_s"] is not None else r["total_s"] for r in g["rows"]]
+        g["wall"] = sum(w for w in walls if w is not None) if g["rows"] else None
+    return groups, sorted(sparsities), labels
+
+
+def significance(groups: dict, sparsities: list, labels: list) -> list:
+    """Per sparsity: BET (label ``bet``) against the non-BET method with the best mean test Recall@20 among
+    those that met the budget (a method run without one keeps more parameters: no fair rival)."""
+    out = []
+    for s in sparsities:
+        bet = groups.get(("bet", s))
+        if bet is None or not bet["rows"]:
+            continue
+        rivals = [(groups[l, s]["stats"]["recall@20"][0], l) for l in labels
+                  if (l, s) in groups and groups[l, s]["rows"] and groups[l, s]["base"] != "bet"
+                  and groups[l, s]["budget_applied"]]
+        if not rivals:
+            out.append({"sparsity": s, "rival": None})
+            continue
+        _, rival = max(rivals)
+        entry = {"sparsity": s, "rival": rival}
+        for m in ("recall@20", "ndcg@20"):
+            a = {k: r[f"test_{m}"] for k, r in bet["seeds"].items()}
+            b = {k: r[f"test_{m}"] for k, r in groups[rival, s]["seeds"].items()}
+            entry[m], entry["n"] = p_value(a, b)
+            entry[f"delta_{m}"] = bet["stats"][m][0] - groups[rival, s]["stats"][m][0]
+        out.append(entry)
+    return out
+
+
+def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str = "recall@20") -> dict:
+    """BET (label ``bet``) against every other label that met the budget: per rival, the count of sparsities
+    where BET wins / ties / loses (paired t-test on ``metric``, p < 0.05), with (sparsity, Δ, p) each."""
+    out = {}
+    for rival in labels:
+        if rival == "bet":
+            continue
+        for s in sparsities:
+            bet, other = groups.get(("bet", s)), groups.get((rival, s))
+            if not bet or not other or not bet["rows"] or not other["rows"] or not other["budget_applied"]:
+                continue
+            a = {k: r[f"test_{metric}"] for k, r in bet["seeds"].items()}
+            b = {k: r[f"test_{metric}"] for k, r in other["seeds"].items()}
+            p, n = p_value(a, b)
+            if n < 2:
+                continue
+            seeds = sorted(set(a) & set(b))
+            delta = sum(a[k] - b[k] for k in seeds) / len(seeds)
+            outcome = "tie" if p is None or p >= 0.05 else ("win" if delta > 0 else "loss")
+            t = out.setdefault(rival, {"win": 0, "tie": 0, "loss": 0, "detail": []})
+            t[outcome] += 1
+            t["detail"].append((s, delta, p))
+    return out
