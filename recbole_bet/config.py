@@ -193,7 +193,7 @@ def validate(config) -> None:
     if not isinstance(config["fused_adam"], bool):
         raise BadInput(f"fused_adam must be true or false, got {config['fused_adam']!r}")
     for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
-                "bet_predictor_updates", "bet_predictor_batch_size"):
+                "bet_predictor_updates", "bet_predictor_batch_size", "bet_halving_epochs"):
         _positive_int(config, key)
     if config["bet_finetune_batch_size"] != "auto":
         value = config["bet_finetune_batch_size"]
@@ -203,7 +203,8 @@ def validate(config) -> None:
     for key, allowed in (("es_fill", ("frequency", "none")), ("es_init", ("scratch", "pretrained")),
                          ("sseds_init", ("pretrained", "scratch")), ("bet_sampler", ("exact", "paper")),
                          ("bet_distribution_draw", ("per_candidate", "per_iteration")),
-                         ("bet_retrain_init", ("scratch", "pretrained"))):
+                         ("bet_retrain_init", ("scratch", "pretrained")),
+                         ("bet_retrain_schedule", ("top_k", "halving"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
     window = config["convergence_window"]

@@ -239,6 +239,43 @@ def train_to_convergence(config, model, train_data, valid_data, verbose=True, re
     return dict(best_valid or {})
 
 
+class ContinuedTraining:
+    """One training to convergence that can pause after any epoch and go on later: RecBole's ``fit`` over an
+    epoch range, the optimiser, the convergence test and the best weights kept between the parts. Successive
+    halving trains several of these in turn on one model, loading each one's weights before its part."""
+
+    def __init__(self, config, model, train_data, valid_data):
+        self.trainer = BestStateTrainer(config, model)
+        self.train_data, self.valid_data = train_data, valid_data
+        self.cap = int(config["epochs"])
+        self.seconds = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return self.trainer.convergence.epochs
+
+    @property
+    def finished(self) -> bool:
+        return self.trainer.convergence.converged or self.epochs >= self.cap
+
+    def advance(self, until: int) -> None:
+        """Train on until ``until`` epochs in all (at most the cap), or until the convergence test stops it."""
+        until = min(int(until), self.cap)
+        if self.finished or self.epochs >= until:
+            return
+        start = perf_counter()
+        self.trainer.start_epoch, self.trainer.epochs = self.epochs, until
+        self.trainer.fit(self.train_data, self.valid_data, verbose=False, saved=True, show_progress=False)
+        self.seconds += perf_counter() - start
+
+    @property
+    def best_valid(self) -> dict:
+        return dict(self.trainer.best_valid_result or {})
+
+    def record(self, label: str) -> dict:
+        return dict(self.trainer.convergence.record(), label=label, seconds=self.seconds)
+
+
 def _init_eval_only(trainer, config, model) -> None:
     from recbole.evaluator import Evaluator
     from recbole.utils import WandbLogger

@@ -170,3 +170,32 @@ def test_bet_levers_paper_sampler_per_iteration_draws_and_warm_retraining(tmp_pa
     assert report["kept_params"] <= report["budget_params"]
     assert search["max_candidate_kept_params"] <= report["budget_params"]
     assert report["config"]["bet_sampler"] == "paper" and report["config"]["bet_retrain_init"] == "pretrained"
+
+
+def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_rounds_cover_the_cap(tmp_path):
+    """bet_retrain_schedule=halving: with a first round as long as the cap every action trains exactly as in the
+    top-k retraining (same seeds, same result); with a short first round the worse action stops early."""
+    common = ["--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--method=bet",
+              "--epochs=4", "--stopping_step=10", "--bet_retrain_top_k=3", f"--pretrain_cache_dir={tmp_path / 'c'}"]
+    reports = {}
+    for name, extra in (("top_k", []),
+                        ("long", ["--bet_retrain_schedule=halving", "--bet_halving_epochs=4"]),
+                        ("short", ["--bet_retrain_schedule=halving", "--bet_halving_epochs=1"])):
+        out = tmp_path / name
+        proc = run_cli(*common, *extra, f"--output_dir={out}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports[name] = json.loads((out / "report.json").read_text())
+    top_k, long, short = (reports[k]["search"] for k in ("top_k", "long", "short"))
+    assert [r["valid"] for r in long["retrained"]] == [r["valid"] for r in top_k["retrained"]]
+    assert long["chosen"] == top_k["chosen"] and reports["long"]["test"] == reports["top_k"]["test"]
+    assert short["retrain_schedule"] == "halving"
+    epochs = sorted(r["epochs"] for r in short["retrained"])
+    assert epochs == [1, 2, 4]  # 3 actions: all 1 epoch; the better 2 on to 2; the best on to the cap of 4
+    rounds = {r["epochs"]: r["round"] for r in short["retrained"]}
+    assert rounds == {1: 0, 2: 1, 4: 2}
+    # the action trained longest had the best validation after the second round, and nothing beat it after
+    chosen = short["retrained"][short["chosen"]]
+    assert chosen["epochs"] == 4
+    labels = [t["label"] for t in reports["short"]["trainings"]]
+    assert labels[0] == "pretrain" and labels[1:] == [f"halving, action {k}" for k in (1, 2, 3)]
+    assert sorted(t["epochs"] for t in reports["short"]["trainings"][1:]) == [1, 2, 4]

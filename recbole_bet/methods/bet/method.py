@@ -16,7 +16,8 @@ from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
 from recbole_bet.methods.bet.sampler import ActionSampler
 from recbole_bet.plots import plot_bet_search
 from recbole_bet.pretrain import pretrained
-from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, Finetuner, pick, quality,
+from recbole_bet.masking import plain_state_dict
+from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTraining, Finetuner, pick, quality,
                                   train_loader_with_batch_size, validation_subset)
 
 
@@ -100,9 +101,15 @@ class BET(Method):
                   trainings=ctx.trainings)
 
         save_retrain.since = retrain_start
-        retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
-            state.top(config["bet_retrain_top_k"]), retrainer(ctx, pre_state), done, save_retrain,
-            None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data)))
+        evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
+        top = state.top(config["bet_retrain_top_k"])
+        if config["bet_retrain_schedule"] == "halving":  # restarts from its first round after an interruption
+            retrained, chosen, (sizes, weights, valid) = retrain_halving(
+                top, ctx, pre_state if config["bet_retrain_init"] == "pretrained" else ctx.init_state,
+                config["bet_halving_epochs"], evaluate_test)
+        else:
+            retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
+                top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         search = {
             "iterations": [
@@ -117,7 +124,7 @@ class BET(Method):
             "finetune_batch_size": finetune_batch,
             "finetune_steps_per_probe": len(finetune_data) * epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
-            "retrain_init": config["bet_retrain_init"],
+            "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
@@ -196,6 +203,50 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
     best = entries[best_rank]
     report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
     return report_entries, best_rank, (top[best_rank].sizes, best_weights, best["valid"])
+
+
+def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evaluate_test=None):
+    """Successive halving over the top actions: every action trains ``first_epochs`` epochs, the better half
+    (by validation quality, as the final choice) trains on to twice as many in all, and so on; the last one left
+    trains to convergence. Each action's training is one continued training (its optimiser and convergence
+    test carry over between its parts), from ``start_state`` with its sizes, reseeded as ``retrain_and_choose``
+    reseeds each training, so the first part of every action is the first epochs of its full retraining.
+    Returns what ``retrain_and_choose`` returns; each entry adds ``epochs`` and the ``round`` it stopped in."""
+    logger, config = getLogger(), ctx.config
+    trainings = [ContinuedTraining(config, ctx.model, ctx.train_data, ctx.valid_data) for _ in top]
+    weights, rounds = [start_state] * len(top), {}
+    alive, until, round_no = list(range(len(top))), first_epochs, 0
+    while alive:
+        last = len(alive) == 1
+        for rank in alive:
+            # the first part starts as a full retraining starts; a later part gets its own seed
+            ctx.reseed(None if round_no == 0 else config["seed"] + 7919 * round_no + rank)
+            ctx.masked.load(weights[rank], top[rank].sizes)
+            trainings[rank].advance(trainings[rank].cap if last else until)
+            weights[rank] = plain_state_dict(ctx.model)
+            rounds[rank] = round_no
+        logger.info(f"halving round {round_no}: {len(alive)} action(s) at {max(t.epochs for t in trainings)} "
+                    "epochs at most")
+        if last:
+            break
+        by_quality = sorted(alive, key=lambda r: -quality(trainings[r].best_valid))
+        alive = sorted(by_quality[: (len(alive) + 1) // 2])
+        until, round_no = 2 * until, round_no + 1
+    entries, best_rank = [], None
+    for rank, (member, training) in enumerate(zip(top, trainings)):
+        valid = training.best_valid
+        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
+                        "valid_quality": quality(valid), "kept_params": member.kept_params,
+                        "epochs": training.epochs, "round": rounds[rank]})
+        if evaluate_test is not None:  # reported only; the choice is on validation
+            ctx.masked.load(training.trainer.best_state, member.sizes)
+            entries[-1]["test"] = pick(evaluate_test())
+        ctx.trainings.append(training.record(f"halving, action {rank + 1}"))
+        if best_rank is None or entries[-1]["valid_quality"] > entries[best_rank]["valid_quality"]:
+            best_rank = rank
+    report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
+    return report_entries, best_rank, (top[best_rank].sizes, trainings[best_rank].trainer.best_state,
+                                       entries[best_rank]["valid"])
 
 
 # optimiser steps of one probe in the paper's setting: Gowalla's 513,685 training interactions at batch 10,000
