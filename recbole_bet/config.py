@@ -22,7 +22,7 @@ from recbole_bet.models import configure_width
 RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
-METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_")
+METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_", "ciess_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
@@ -252,6 +252,8 @@ def validate(config) -> None:
         validate_esapn(config)
     if method == "rule":
         validate_rule(config)
+    if method == "ciess":
+        validate_ciess(config)
     for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):
         _positive_int(config, key)  # RecBole's Trainer would fail on these with a traceback
     for key in ("learning_rate", "bet_finetune_lr", "bet_predictor_lr"):
@@ -286,6 +288,28 @@ def validate_esapn(config) -> None:
         raise BadInput(f"esapn_policy_lr must be a positive number, got {value!r}")
     if not isinstance(config["esapn_retrain"], bool):
         raise BadInput(f"esapn_retrain must be true or false, got {config['esapn_retrain']!r}")
+
+
+def validate_ciess(config) -> None:
+    """CIESS's keys (docs/config.md)."""
+    for key in ("ciess_episodes", "ciess_steps", "ciess_finetune_epochs", "ciess_hidden", "ciess_walk_steps",
+                "ciess_policy_delay", "ciess_updates", "ciess_batch_size"):
+        _positive_int(config, key)
+    for key, low, high, what in (("ciess_finetune_lr", 0, None, "a positive number"),
+                                 ("ciess_lr", 0, None, "a positive number"),
+                                 ("ciess_size_penalty", None, None, "a number >= 0"),
+                                 ("ciess_gamma", None, 1, "a number in [0, 1)"),
+                                 ("ciess_tau", 0, 1, "a number in (0, 1]"),
+                                 ("ciess_exploration_noise", None, None, "a number >= 0"),
+                                 ("ciess_policy_noise", None, None, "a number >= 0"),
+                                 ("ciess_noise_clip", None, None, "a number >= 0")):
+        value = config[key]
+        bad = isinstance(value, bool) or not isinstance(value, (int, float))
+        if not bad:
+            bad = (value <= low if low is not None else value < 0) or (
+                high is not None and (value >= high if key == "ciess_gamma" else value > high))
+        if bad:
+            raise BadInput(f"{key} must be {what}, got {value!r}")
 
 
 def validate_sparsity_list(sparsities, method: str) -> None:

@@ -17,6 +17,7 @@ REGISTRY = {
     "esapn": ("esapn", "ESAPN"),
     "rule": ("rule", "RULE"),
     "magprune": ("magprune", "MagnitudePruning"),
+    "ciess": ("ciess", "CIESS"),
 }
 METHODS = tuple(REGISTRY)
 
