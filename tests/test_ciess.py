@@ -55,7 +55,6 @@ def test_target_policy_noise_is_clipped():
     td3 = agent(policy_noise=100.0, noise_clip=0.25, gamma=1.0)
     next_states = torch.rand(500, 3, generator=torch.Generator().manual_seed(3))
     base = td3.actor_target(next_states).detach()
-    seen = []
     # the target critic as a probe: Q(s', a) = a, so the target is the noisy, clipped target action
     for critic in td3.critics_target:
         critic.forward = lambda states, actions: actions

@@ -279,8 +279,8 @@ class Environment:
             raise RuntimeError("the pretrained model scores 0 on validation; CIESS's quality ratios are undefined")
 
     def measure(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """(mean quality over validation users, quality of every user (0 without validation positives: they
-        get the mean), of every item), relative to nothing."""
+        """(mean quality over validation users, quality of every user (users without validation positives get
+        the mean), quality of every item); absolute values, not yet relative to the pretrained model."""
         users, values, item_q = entity_quality(self.ctx, self.ctx.valid_data)
         mean = float(values.mean())
         user_q = np.full(self.n_users, mean)
