@@ -17,6 +17,7 @@ REGISTRY = {
     "esapn": ("esapn", "ESAPN"),
     "rule": ("rule", "RULE"),
     "magprune": ("magprune", "MagnitudePruning"),
+    "optembed": ("optembed", "OptEmbed"),
 }
 METHODS = tuple(REGISTRY)
 
