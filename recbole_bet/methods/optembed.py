@@ -65,8 +65,9 @@ class WidthSpace:
 
     def repair(self, widths: np.ndarray) -> np.ndarray:
         """The candidate itself if it fits the budget; otherwise every width's excess over d_min shrunk by one
-        common factor (the largest that fits: the candidate's shape is kept), then the units that flooring
-        freed handed back one at a time, largest lost fraction first, while they fit."""
+        common factor (the largest that fits: the candidate's shape is kept), then the units left handed back,
+        one per member of a group at a time, largest lost fraction first, while they fit: no group that was cut
+        could take one more unit."""
         b = self.budget
         widths = np.clip(np.asarray(widths, dtype=np.int64), b.d_min, b.d_max)
         if self.units(widths) <= b.budget_units:
@@ -82,10 +83,14 @@ class WidthSpace:
         repaired = b.d_min + np.floor(low * excess).astype(np.int64)
         lost = low * excess - np.floor(low * excess)
         room = b.budget_units - self.units(repaired)
-        for g in np.argsort(-lost, kind="stable"):
-            if lost[g] > 0 and self.active[g] <= room and repaired[g] < widths[g]:
-                repaired[g] += 1
-                room -= self.active[g]
+        order, grew = np.argsort(-lost, kind="stable"), True
+        while grew:  # until no group that was cut can take one more unit per member
+            grew = False
+            for g in order:
+                if repaired[g] < widths[g] and self.active[g] <= room:
+                    repaired[g] += 1
+                    room -= self.active[g]
+                    grew = True
         return repaired
 
     def mutate(self, parent: np.ndarray, prob: float, rng) -> np.ndarray:
