@@ -22,7 +22,7 @@ from recbole_bet.models import configure_width
 RULE_GROUPINGS = ("random", "popularity")
 ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
-METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_", "ciess_")
+METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_", "ciess_", "optembed_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
 
 
@@ -254,6 +254,8 @@ def validate(config) -> None:
         validate_rule(config)
     if method == "ciess":
         validate_ciess(config)
+    if method == "optembed":
+        validate_optembed(config)
     for key in ("epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step"):
         _positive_int(config, key)  # RecBole's Trainer would fail on these with a traceback
     for key in ("learning_rate", "bet_finetune_lr", "bet_predictor_lr"):
@@ -343,6 +345,23 @@ def validate_rule(config) -> None:
     value = config["rule_estimator_lr"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise BadInput(f"rule_estimator_lr must be a positive number, got {value!r}")
+
+
+def validate_optembed(config) -> None:
+    """OptEmbed's keys, checked only when it runs."""
+    for key in ("optembed_groups", "optembed_population", "optembed_generations"):
+        _positive_int(config, key)
+    value = config["optembed_mutation_prob"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise BadInput(f"optembed_mutation_prob must be a number in (0, 1] (the chance that a mutation redraws "
+                       f"each group's width), got {value!r}")
+    if not isinstance(config["optembed_thresholds"], bool):
+        raise BadInput(f"optembed_thresholds must be true or false (learnable row-pruning thresholds in the "
+                       f"supernet), got {config['optembed_thresholds']!r}")
+    for key in ("optembed_threshold_alpha", "optembed_threshold_init"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise BadInput(f"{key} must be a number >= 0, got {value!r}")
 
 
 def check_dataset_files(config) -> None:

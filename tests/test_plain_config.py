@@ -32,7 +32,7 @@ def plain_run(tmp_path, method, **extra):
     return trainer, config, (train_data, valid_data, test_data)
 
 
-@pytest.mark.parametrize("method", ["bet", "es", "mr", "pep", "sseds", "esapn", "rule", "magprune", "ciess"])
+@pytest.mark.parametrize("method", ["bet", "es", "mr", "pep", "sseds", "esapn", "rule", "magprune", "ciess", "optembed"])
 def test_plain_recbole_config_works_for_every_method(tmp_path, method):
     trainer, config, (train_data, valid_data, test_data) = plain_run(tmp_path, method)
     assert config["d_max"] == 64  # RecBole's LightGCN default width, not recbole-bet's 128

@@ -18,6 +18,7 @@ REGISTRY = {
     "rule": ("rule", "RULE"),
     "magprune": ("magprune", "MagnitudePruning"),
     "ciess": ("ciess", "CIESS"),
+    "optembed": ("optembed", "OptEmbed"),
 }
 METHODS = tuple(REGISTRY)
 
