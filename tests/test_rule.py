@@ -172,3 +172,23 @@ def test_quick_run_meets_the_budget_and_reproduces_from_the_artifact(tmp_path, m
     assert report["search"]["kept_units_users"] > 0 and report["search"]["kept_units_items"] > 0  # users compressed too
     ctx = make_context(model, tmp_path, method="rule", sparsity=0.9, epochs=1)
     _check_artifact(ctx, report, out / "table.npz")
+
+
+def test_aligned_blocks_diagnostic_fits_the_budget_and_scores_the_chosen_selection(tmp_path):
+    """The report scores the trained model with aligned first blocks (no search) beside the chosen selection."""
+    from recbole_bet.methods.rule import first_blocks
+
+    sel = first_blocks([2, 0, 3], 4)
+    assert sel.tolist() == [[True, True, False, False], [False] * 4, [True, True, True, False]]
+    out = tmp_path / "run"
+    proc = _cli(out, tmp_path / "cache", "--model=LightGCN", "--sparsity=0.9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    aligned = report["search"]["aligned"]
+    assert aligned["chosen"]["valid_ndcg@20"] == pytest.approx(report["valid"]["ndcg@20"], abs=1e-6)
+    # the most blocks everyone can keep: one more would not fit the budget
+    blocks, width = aligned["uniform"]["blocks"], report["search"]["block_width"]
+    n_entities = 943 + 1682
+    assert n_entities * blocks * width <= report["budget_params"] < n_entities * (blocks + 1) * width
+    for part in ("chosen_counts", "uniform"):
+        assert 0 < aligned[part]["valid_ndcg@20"] < 1

@@ -309,6 +309,28 @@ def _holdout(selections, targets, config) -> dict:
             "holdout_corr": corr}
 
 
+def first_blocks(counts, n_blocks: int) -> np.ndarray:
+    """The selection in which group g keeps its first ``counts[g]`` blocks (users and items aligned)."""
+    return np.arange(n_blocks)[None, :] < np.asarray(counts)[:, None]
+
+
+def aligned_diagnostic(ctx, space: BlockSpace, state: dict, chosen: np.ndarray) -> dict:
+    """Validation of the trained model with aligned blocks, no search: every group's first blocks, with the
+    chosen selection's counts (the same budget) and with the most blocks everyone can have. When these beat the
+    searched selection, its misaligned user and item blocks (a user and an item meet only where both kept the
+    same block) cost more than the search gains."""
+    out = {}
+    uniform = max(k for k in range(space.min_count, space.n_blocks + 1)
+                  if space.units(first_blocks(np.full(space.n_groups, k), space.n_blocks)) <= ctx.budget.budget_units)
+    for name, counts in (("chosen_counts", chosen.sum(axis=1)), ("uniform", np.full(space.n_groups, uniform))):
+        ctx.masked.load(state, keep=space.keep(first_blocks(counts, space.n_blocks)))
+        out[name] = {"blocks": int(uniform) if name == "uniform" else None,
+                     "valid_ndcg@20": float(ctx.evaluate(ctx.valid_data)["ndcg@20"])}
+    ctx.masked.load(state, keep=space.keep(chosen))
+    out["chosen"] = {"valid_ndcg@20": float(ctx.evaluate(ctx.valid_data)["ndcg@20"])}
+    return out
+
+
 class RULE(Method):
     name = "rule"
     element_masks = True  # selected blocks are any columns of a row, not a prefix
@@ -345,6 +367,7 @@ class RULE(Method):
             config["rule_cycles"], rng)
         evolution_s = perf_counter() - t0
 
+        aligned = aligned_diagnostic(ctx, space, state, best)
         keep = space.keep(best)
         sizes = space.sizes(best)
         scorer, loader = subset_scorer(ctx)
@@ -369,6 +392,7 @@ class RULE(Method):
             "chosen": {"estimated_" + ESTIMATOR_METRIC: best_estimate, "subset_" + ESTIMATOR_METRIC: float(actual),
                        "blocks_per_group": [np.nonzero(row)[0].tolist() for row in best]},
             "kept_units_users": int(sizes[:n_users].sum()), "kept_units_items": int(sizes[n_users:].sum()),
+            "aligned": aligned,
             "seconds": {"pairs": pairs_s, "estimator": estimator_s, "evolution": evolution_s},
         }
         logger.info(f"RULE: {len(units)} selections estimated; chosen estimate {best_estimate:.4f}, subset "
