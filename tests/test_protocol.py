@@ -173,29 +173,29 @@ def test_bet_levers_paper_sampler_per_iteration_draws_and_warm_retraining(tmp_pa
 
 
 def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_rounds_cover_the_cap(tmp_path):
-    """bet_retrain_schedule=halving: with a first round as long as the cap every action trains exactly as in the
-    top-k retraining (same seeds, same result); with a short first round the worse action stops early."""
-    common = ["--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--method=bet",
-              "--epochs=4", "--stopping_step=10", "--bet_retrain_top_k=3", f"--pretrain_cache_dir={tmp_path / 'c'}"]
-    reports = {}
-    for name, extra in (("top_k", []),
-                        ("long", ["--bet_retrain_schedule=halving", "--bet_halving_epochs=4"]),
-                        ("short", ["--bet_retrain_schedule=halving", "--bet_halving_epochs=1"])):
-        out = tmp_path / name
-        proc = run_cli(*common, *extra, f"--output_dir={out}")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        reports[name] = json.loads((out / "report.json").read_text())
-    top_k, long, short = (reports[k]["search"] for k in ("top_k", "long", "short"))
-    assert [r["valid"] for r in long["retrained"]] == [r["valid"] for r in top_k["retrained"]]
-    assert long["chosen"] == top_k["chosen"] and reports["long"]["test"] == reports["top_k"]["test"]
-    assert short["retrain_schedule"] == "halving"
-    epochs = sorted(r["epochs"] for r in short["retrained"])
-    assert epochs == [1, 2, 4]  # 3 actions: all 1 epoch; the better 2 on to 2; the best on to the cap of 4
-    rounds = {r["epochs"]: r["round"] for r in short["retrained"]}
-    assert rounds == {1: 0, 2: 1, 4: 2}
-    # the action trained longest had the best validation after the second round, and nothing beat it after
-    chosen = short["retrained"][short["chosen"]]
-    assert chosen["epochs"] == 4
-    labels = [t["label"] for t in reports["short"]["trainings"]]
-    assert labels[0] == "pretrain" and labels[1:] == [f"halving, action {k}" for k in (1, 2, 3)]
-    assert sorted(t["epochs"] for t in reports["short"]["trainings"][1:]) == [1, 2, 4]
+    """bet_retrain_schedule=halving, in process on three fixed actions: with a first round as long as the cap
+    every action trains exactly as in the top-k retraining (same seeds, same result); with a short first round
+    the worse actions stop early and the last one left trains to the cap."""
+    from types import SimpleNamespace
+
+    from recbole_bet.methods.bet.method import retrain_and_choose, retrain_halving
+    from recbole_bet.methods.fixed import MixedRandom
+
+    ctx = make_context("LightGCN", tmp_path, method="bet", epochs=4, stopping_step=10)
+    es = equal_sizes(ctx.budget)
+    mixed = MixedRandom().propose(ctx)
+    top = [SimpleNamespace(sizes=sizes, fitness=f, t=t, kept_params=int(ctx.budget.kept_params(sizes)))
+           for t, (sizes, f) in enumerate(((es, 0.9), (mixed, 0.8), (np.minimum(es, mixed), 0.7)))]
+    full, full_chosen, _ = retrain_and_choose(top, ctx.train_from_scratch)
+    long, long_chosen, _ = retrain_halving(top, ctx, ctx.init_state, first_epochs=4)
+    assert [e["valid"] for e in long] == [e["valid"] for e in full] and long_chosen == full_chosen
+    assert [e["epochs"] for e in long] == [4, 4, 4]
+    short, chosen, (sizes, weights, valid) = retrain_halving(top, ctx, ctx.init_state, first_epochs=1)
+    assert sorted(e["epochs"] for e in short) == [1, 2, 4]  # all 1 epoch; the better 2 on to 2; the best to 4
+    assert {e["epochs"]: e["round"] for e in short} == {1: 0, 2: 1, 4: 2}
+    assert short[chosen]["epochs"] == 4 and np.array_equal(sizes, top[chosen].sizes)
+    # the action stopped after one epoch was the worst of the three then (its validation is its best of 1 epoch)
+    first = [e for e in short if e["epochs"] == 1][0]
+    assert first["valid_quality"] <= max(e["valid_quality"] for e in short)
+    labels = [t["label"] for t in ctx.trainings[-3:]]
+    assert labels == [f"halving, action {k}" for k in (1, 2, 3)]
