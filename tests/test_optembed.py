@@ -135,7 +135,7 @@ def test_evolution_returns_the_best_candidate_it_evaluated():
 def test_optembed_fits_the_budget_and_retrains_its_best_candidate(tmp_path, lightgcn, model):
     out = tmp_path / "run"
     proc = run_cli(f"--model={model}", "--dataset=ml-100k", "--method=optembed", f"--config_files={QUICK}",
-                   "--epochs=2", "--sparsity=0.9", f"--output_dir={out}", f"--pretrain_cache_dir={tmp_path / 'c'}")
+                   "--epochs=1", "--sparsity=0.9", f"--output_dir={out}", f"--pretrain_cache_dir={tmp_path / 'c'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     search = report["search"]
