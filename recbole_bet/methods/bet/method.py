@@ -105,8 +105,7 @@ class BET(Method):
         top = state.top(config["bet_retrain_top_k"])
         if config["bet_retrain_schedule"] == "halving":  # restarts from its first round after an interruption
             retrained, chosen, (sizes, weights, valid) = retrain_halving(
-                top, ctx, pre_state if config["bet_retrain_init"] == "pretrained" else ctx.init_state,
-                config["bet_halving_epochs"], evaluate_test)
+                top, ctx, retrain_start(ctx, pre_state), config["bet_halving_epochs"], evaluate_test)
         else:
             retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
                 top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
@@ -166,13 +165,23 @@ def _members_from(meta, saved) -> list:
                    m["seconds"]) for i, m in enumerate(meta["members"])]
 
 
+def retrain_start(ctx, pre_state) -> dict:
+    """Where the top actions' retraining starts (``bet_retrain_init``): the fresh initial weights, as the paper
+    (``scratch``), or the pretrained weights with the action's sizes applied (``pretrained``, SSEDS's start)."""
+    return pre_state if ctx.config["bet_retrain_init"] == "pretrained" else ctx.init_state
+
+
 def retrainer(ctx, pre_state):
-    """How the top actions are retrained (``bet_retrain_init``): from the fresh initial weights, as the paper
-    (``scratch``), or from the pretrained weights with the action's sizes applied (``pretrained``, SSEDS's
-    warm start). Either way: (sizes) -> (weights, validation, seconds)."""
+    """One retraining to convergence from ``retrain_start``: (sizes) -> (weights, validation, seconds)."""
     if ctx.config["bet_retrain_init"] == "pretrained":
-        return lambda sizes: ctx.train_from(pre_state, sizes, label="from pretrained")
+        return lambda sizes: ctx.train_from(retrain_start(ctx, pre_state), sizes, label="from pretrained")
     return ctx.train_from_scratch
+
+
+def retrained_entry(member, valid: dict) -> dict:
+    """What the report says of one retrained action (its validation picked to the fitness metrics)."""
+    return {"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
+            "valid_quality": quality(valid), "kept_params": member.kept_params}
 
 
 def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=None, evaluate_test=None):
@@ -192,8 +201,7 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
             continue
         logger.info(f"retraining action {rank + 1}/{len(top)} (search fitness {member.fitness:.4f})")
         weights, valid, _ = train_from_scratch(member.sizes)
-        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
-                        "valid_quality": quality(valid), "kept_params": member.kept_params})
+        entries.append(retrained_entry(member, valid))
         if evaluate_test is not None:  # reported only ("bet@1" is the first); the choice is on validation
             entries[-1]["test"] = pick(evaluate_test())
         if best_rank is None or entries[-1]["valid_quality"] > entries[best_rank]["valid_quality"]:
@@ -234,10 +242,8 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         until, round_no = 2 * until, round_no + 1
     entries, best_rank = [], None
     for rank, (member, training) in enumerate(zip(top, trainings)):
-        valid = training.best_valid
-        entries.append({"fitness": member.fitness, "t": member.t, "valid": pick(valid, FITNESS_METRICS),
-                        "valid_quality": quality(valid), "kept_params": member.kept_params,
-                        "epochs": training.epochs, "round": rounds[rank]})
+        entries.append(dict(retrained_entry(member, training.best_valid), epochs=training.epochs,
+                            round=rounds[rank]))
         if evaluate_test is not None:  # reported only; the choice is on validation
             ctx.masked.load(training.trainer.best_state, member.sizes)
             entries[-1]["test"] = pick(evaluate_test())
