@@ -10,8 +10,10 @@ skipped). ``--report-only`` rebuilds ``<out>.md`` and ``<out>.png`` from that fi
 candidate stopping rule, where it would have stopped each run, its best-so-far validation NDCG@20 there
 against the run's best in all its epochs (the criterion: within 1%), and the epochs it costs.
 
-Arms: ``full`` (every row d_max wide: the pretraining) and ``es<S>`` (equal sizes at sparsity S, as
-``--method=es`` chooses them). Settings are ``LR:BATCH``.
+Arms: ``full`` (every row d_max wide: the pretraining), ``es<S>`` (equal sizes at sparsity S, as
+``--method=es`` chooses them) and ``NAME=PATH`` (the per-row sizes or element masks of a run's compact artifact
+``table.npz``, e.g. BET's chosen action, trained from a fresh initialisation: ``bet0.95=results/runs/.../table.npz``).
+Settings are ``LR:BATCH``.
 """
 from __future__ import annotations
 
@@ -43,7 +45,13 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
     from recbole_bet.pipeline import prepare
     from recbole_bet.training import BestStateTrainer
 
-    sparsity = 0.9 if arm == "full" else float(arm[2:])
+    artifact = arm.split("=", 1)[1] if "=" in arm else None
+    if artifact is not None:
+        from recbole_bet.export import read_artifact
+        meta, _ = read_artifact(artifact)
+        sparsity = float(meta["sparsity"])
+    else:
+        sparsity = 0.9 if arm == "full" else float(arm[2:])
     config = make_config(model, dataset, config_files, {
         "method": "es", "sparsity": sparsity, "learning_rate": lr, "train_batch_size": batch, "epochs": epochs,
         "stopping_step": 10 ** 9, "convergence_window": 0, "warmup_epochs": 0, "eval_step": 1, "seed": seed, "show_progress": False,
@@ -55,9 +63,15 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
     ctx = prepare(config)
     ctx.reseed()
     b = ctx.budget
-    sizes = None if arm == "full" else equal_sizes(make_budget(sparsity, b.d_max, b.d_min, b.n_users, b.n_items,
-                                                               b.tables_per_entity))
-    ctx.masked.load(ctx.init_state, sizes)
+    if artifact is not None:  # the artifact's masks on a fresh initialisation: load it, then put init weights back
+        from recbole_bet.export import load_artifact
+        load_artifact(artifact, ctx.model, ctx.masked, model, dataset)
+        masks = ctx.masked.keep, ctx.masked.sizes
+        ctx.masked.load(ctx.init_state, sizes=masks[1], keep=masks[0])
+    else:
+        sizes = None if arm == "full" else equal_sizes(make_budget(sparsity, b.d_max, b.d_min, b.n_users, b.n_items,
+                                                                   b.tables_per_entity))
+        ctx.masked.load(ctx.init_state, sizes)
     curve, losses = [], []
 
     class CurveTrainer(BestStateTrainer):
@@ -83,7 +97,8 @@ def train_curve(model: str, dataset: str, lr: float, batch: int, arm: str, epoch
     except _TimeUp:
         pass
     seconds = perf_counter() - start
-    return {"model": model, "dataset": dataset, "lr": lr, "batch": batch, "arm": arm, "seed": seed,
+    return {"model": model, "dataset": dataset, "lr": lr, "batch": batch, "arm": arm.split("=")[0], "seed": seed,
+            "artifact": artifact,
             "epochs": len(curve), "valid": curve, "loss": losses, "seconds": seconds,
             "epoch_s": seconds / max(1, len(curve)), "device": device,
             "time_limited": len(curve) < epochs}
@@ -244,7 +259,7 @@ def main(argv=None) -> int:
         for setting in args.setting or ["1e-3:2048"]:
             lr, batch = setting.split(":")
             for arm in args.arms.split(","):
-                key = run_key({"model": args.model, "arm": arm, "lr": float(lr), "batch": int(batch),
+                key = run_key({"model": args.model, "arm": arm.split("=")[0], "lr": float(lr), "batch": int(batch),
                                "seed": args.seed, "device": args.device})
                 if key in done:
                     print(f"{key}: already in {path}")
