@@ -400,35 +400,47 @@ def fit_block_counts(counts, group_sizes, width: int, budget_units: int, min_cou
     return counts
 
 
-def highest_block_sparsity(budget: Budget, width: int, min_count: int) -> float:
-    """The largest sparsity (4 decimals, rounded down) at which every entity keeps ``min_count`` blocks."""
-    need = budget.n_entities * width * min_count * budget.tables_per_entity
+def highest_block_sparsity(budget: Budget, width: int, min_count: int, user_count: int | None = None) -> float:
+    """The largest sparsity (4 decimals, rounded down) at which every item keeps ``min_count`` blocks and every
+    user ``user_count`` (default ``min_count``)."""
+    per_side = (budget.n_users * (min_count if user_count is None else user_count) + budget.n_items * min_count)
+    need = per_side * width * budget.tables_per_entity
     s = min(0.9999, (math.floor((1 - need / budget.full_params) * 1e4) + 1) / 1e4)
     while s > 0 and budget_params(s, budget.d_max, budget.n_users, budget.n_items, budget.tables_per_entity) < need:
         s = round(s - 1e-4, 4)
     return s
 
 
-def check_blocks_feasible(budget: Budget, n_blocks: int, min_count: int) -> None:
-    """RULE keeps whole blocks: refuse a budget that cannot give every user and item ``min_count`` of them,
-    naming the narrower blocks (a larger rule_blocks dividing d_max) or the sparsity that would fit."""
+def check_blocks_feasible(budget: Budget, n_blocks: int, min_count: int, user_count: int | None = None) -> None:
+    """RULE keeps whole blocks: refuse a budget that cannot give every item ``min_count`` of them and every user
+    ``user_count`` (default ``min_count``), naming the narrower blocks (a larger rule_blocks dividing d_max) or the
+    sparsity that would fit."""
     width = budget.d_max // n_blocks
-    need_units = budget.n_entities * width * min_count
+
+    def need(w, count, users):
+        return (budget.n_users * users + budget.n_items * count) * w
+
+    users = min_count if user_count is None else user_count
+    need_units = need(width, min_count, users)
     if need_units <= budget.budget_units:
         return
-    need = need_units * budget.tables_per_entity
     fixes = []
     for more in range(n_blocks + 1, budget.d_max + 1):
         w = budget.d_max // more
-        if budget.d_max % more == 0 and budget.n_entities * w * block_min_count(budget.d_min, w) <= budget.budget_units:
+        count = block_min_count(budget.d_min, w)
+        users_then = count if user_count is None else max(count, user_count)
+        if budget.d_max % more == 0 and need(w, count, users_then) <= budget.budget_units:
             fixes.append(f"rule_blocks={more} ({w}-dimension blocks)")
             break
     where = (f"memory_budget {budget.memory_budget} bytes" if budget.memory_budget is not None
              else f"sparsity {budget.sparsity}")
     if budget.memory_budget is None:
-        fixes.append(f"a sparsity of at most {highest_block_sparsity(budget, width, min_count)}")
+        fixes.append(f"a sparsity of at most {highest_block_sparsity(budget, width, min_count, user_count)}")
+    who = (f"each of the {budget.n_entities} users and items {min_count} block(s)" if user_count is None else
+           f"the {budget.n_users} users {user_count} block(s) (rule_user_blocks) and the {budget.n_items} items "
+           f"{min_count}")
     raise BadInput(
-        f"{where} leaves {budget.budget_params} parameters, fewer than the {need} that RULE needs to give each of "
-        f"the {budget.n_entities} users and items {min_count} block(s) of {width} dimensions "
+        f"{where} leaves {budget.budget_params} parameters, fewer than the {need_units * budget.tables_per_entity} "
+        f"that RULE needs to give {who} of {width} dimensions "
         f"(rule_blocks={n_blocks}, d_max={budget.d_max}); use {' or '.join(fixes) or 'a larger memory_budget'}"
     )

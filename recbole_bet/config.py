@@ -345,6 +345,18 @@ def validate_rule(config) -> None:
     value = config["rule_estimator_lr"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise BadInput(f"rule_estimator_lr must be a positive number, got {value!r}")
+    if config["rule_scoring"] not in ("eq2", "dot"):
+        raise BadInput(f"rule_scoring must be eq2 (the paper's Eq. 2: item blocks against the user's block-sum) or "
+                       f"dot (the stock model's scoring), got {config['rule_scoring']!r}")
+    if config["rule_compress"] not in ("items", "both"):
+        raise BadInput(f"rule_compress must be items (the paper: users keep rule_user_blocks blocks, items are "
+                       f"searched) or both (users searched too), got {config['rule_compress']!r}")
+    value = config["rule_user_blocks"]
+    if config["rule_compress"] == "items" and (isinstance(value, bool) or not isinstance(value, int)
+                                               or not 1 <= value <= n_blocks):
+        raise BadInput(f"rule_user_blocks must be a whole number of blocks from 1 to rule_blocks ({n_blocks}), "
+                       f"got {value!r}")
+    _positive_int(config, "rule_near_budget", minimum=0)
 
 
 def validate_optembed(config) -> None:

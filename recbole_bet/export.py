@@ -7,7 +7,9 @@ Layout (numpy ``.npz``, no pickled objects, loadable with ``allow_pickle=False``
 - ``table.<name>.index`` (element masks only: PEP, SSEDS, RULE): the column of every kept value, so a
   row's kept entries need not be a prefix; absent for prefix masks (a row keeps its first ``size``);
 - ``param.<key>``: every other parameter/buffer of the model (GNN or MLP weights), so a fresh model
-  loaded from the artifact scores exactly like the one that was evaluated.
+  loaded from the artifact scores exactly like the one that was evaluated;
+- ``meta["scoring"]`` (RULE with ``rule_scoring: eq2`` only): the block scoring of ``recbole_bet/scoring.py``,
+  installed again on load.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from recbole_bet.budget import index_bytes
 from recbole_bet.errors import BadInput
 from recbole_bet.files import atomic_write
 from recbole_bet.masking import MaskedTables, plain_state_dict
+from recbole_bet.scoring import apply_scoring_spec, scoring_spec
 
 FORMAT_VERSION = 1
 
@@ -66,6 +69,8 @@ def save_artifact(path: str, model, masked: MaskedTables, meta: dict, empty: boo
         arrays[f"param.{key}"] = value.cpu().numpy()
     full_meta = dict(meta, format_version=FORMAT_VERSION, d_max=masked.d_max, tables=table_names,
                      n_users=masked.n_users, n_items=masked.n_items)
+    if scoring_spec(model) is not None:  # a model that scores with Eq. 2 must load into one that does too
+        full_meta["scoring"] = scoring_spec(model)
     arrays["meta"] = np.array(json.dumps(full_meta, sort_keys=True))
     with atomic_write(path) as fh:
         np.savez(fh, **arrays)
@@ -160,6 +165,7 @@ def load_artifact(path: str, model, masked: MaskedTables, model_name: str, datas
             masked.load(state, keep=keep)
         else:
             masked.load(state, keep.sum(axis=1))
+        apply_scoring_spec(model, masked, meta.get("scoring"))
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise BadInput(f"artifact {path} is damaged or does not fit this model ({type(exc).__name__}: {exc})") from None
     return meta

@@ -119,7 +119,11 @@ def _cli(out, cache, *extra):
 def _check_artifact(ctx, report, table):
     """The artifact loads into a fresh model within budget, with whole blocks per group, masked entries zero,
     and reproduces the report's metrics."""
+    from recbole_bet.scoring import scoring_spec
+
     load_artifact(str(table), ctx.model, ctx.masked, report["model"], "ml-100k")
+    eq2 = report["search"]["scoring"] == "eq2"
+    assert (scoring_spec(ctx.model) or {}).get("kind") == ("rule_eq2" if eq2 else None)  # it scores as it was run
     keep = ctx.masked.keep
     assert ctx.budget.kept_params(keep.sum(axis=1)) == report["kept_params"] <= report["budget_params"]
     assert report["search"]["max_candidate_kept_params"] <= report["budget_params"]
@@ -136,7 +140,8 @@ def _check_artifact(ctx, report, table):
 def test_sparsity_list_trains_once_and_a_single_budget_reuses_it(tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "list"
-    proc = _cli(out, cache, "--model=LightGCN", "--sparsity=[0.8,0.95]", "--rule_blocks=32")
+    old = ("--rule_scoring=dot", "--rule_compress=both")  # the stock scoring, users searched too: still reachable
+    proc = _cli(out, cache, "--model=LightGCN", "--sparsity=[0.8,0.95]", "--rule_blocks=32", *old)
     assert proc.returncode == 0, proc.stderr[-3000:]
     listing = json.loads((out / "reports.json").read_text())
     assert [r["sparsity"] for r in listing["reports"]] == [0.8, 0.95]
@@ -144,13 +149,14 @@ def test_sparsity_list_trains_once_and_a_single_budget_reuses_it(tmp_path):
         assert line in proc.stdout
     reports = [json.loads((out / r["report"]).read_text()) for r in listing["reports"]]
     first, second = (r["search"] for r in reports)
+    assert first["scoring"] == "dot" and first["compress"] == "both" and first["user_blocks"] is None
     assert not first["training_reused"] and not first["estimator"]["pairs_reused"]
     assert second["training_reused"] and second["estimator"]["pairs_reused"]  # one training for both budgets
     assert reports[0]["kept_params"] > reports[1]["kept_params"]
     assert all(r["timings_s"]["retrain"] == 0 and r["config"]["sparsity"] == s for r, s in zip(reports, [0.8, 0.95]))
 
     single = tmp_path / "single"
-    proc = _cli(single, cache, "--model=LightGCN", "--sparsity=0.95", "--rule_blocks=32")
+    proc = _cli(single, cache, "--model=LightGCN", "--sparsity=0.95", "--rule_blocks=32", *old)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((single / "report.json").read_text())
     assert report["search"]["training_reused"] and report["search"]["estimator"]["pairs_reused"]
@@ -158,7 +164,8 @@ def test_sparsity_list_trains_once_and_a_single_budget_reuses_it(tmp_path):
     assert (report["valid"], report["test"], report["kept_params"]) == \
         (reports[1]["valid"], reports[1]["test"], reports[1]["kept_params"])
 
-    ctx = make_context("LightGCN", tmp_path, method="rule", sparsity=0.95, rule_blocks=32, epochs=1)
+    ctx = make_context("LightGCN", tmp_path, method="rule", sparsity=0.95, rule_blocks=32, epochs=1,
+                       rule_scoring="dot", rule_compress="both")
     _check_artifact(ctx, report, single / "table.npz")
 
 
@@ -169,7 +176,10 @@ def test_quick_run_meets_the_budget_and_reproduces_from_the_artifact(tmp_path, m
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "rule" and report["search"]["groups"]["grouping"] == "popularity"
-    assert report["search"]["kept_units_users"] > 0 and report["search"]["kept_units_items"] > 0  # users compressed too
+    search = report["search"]
+    assert search["scoring"] == "eq2" and search["compress"] == "items"  # the paper's defaults
+    assert search["kept_units_users"] == 943 * search["block_width"]  # every user: its first block only
+    assert search["estimator"]["near_budget"]["selections"] == 5
     ctx = make_context(model, tmp_path, method="rule", sparsity=0.9, epochs=1)
     _check_artifact(ctx, report, out / "table.npz")
 
@@ -192,3 +202,78 @@ def test_aligned_blocks_diagnostic_fits_the_budget_and_scores_the_chosen_selecti
     assert n_entities * blocks * width <= report["budget_params"] < n_entities * (blocks + 1) * width
     for part in ("chosen_counts", "uniform"):
         assert 0 < aligned[part]["valid_ndcg@20"] < 1
+
+
+@pytest.mark.parametrize("model", ["LightGCN", "NeuMF"])
+def test_eq2_scores_each_kept_item_block_against_the_users_block_sum(tmp_path, model):
+    """Eq. 2 on the stock model's own representations: r_ij = max|B| / |B_j| * sum over j's kept blocks n of
+    (sum of u_i's blocks)^T e_j(n); at full width (training) the block-sums' dot product; removing it gives the
+    stock scores back."""
+    from recbole_bet.scoring import install_block_scoring, remove_block_scoring, scoring_spec
+
+    ctx = make_context(model, tmp_path, method="rule", sparsity=0.9, rule_blocks=8)
+    b, masked, net = ctx.budget, ctx.masked, ctx.model
+    n_blocks, width = 8, b.d_max // 8
+    rng = np.random.default_rng(0)
+    keep = np.zeros((b.n_users + b.n_items, b.d_max), dtype=bool)
+    counts = rng.integers(1, n_blocks + 1, b.n_items)
+    for j, c in enumerate(counts):  # item j keeps c random blocks; users keep everything
+        for n in rng.choice(n_blocks, size=c, replace=False):
+            keep[b.n_users + j, n * width:(n + 1) * width] = True
+    keep[: b.n_users] = True
+    users, items = torch.tensor([1, 5, 9]), torch.tensor([2, 3, 40])
+    pairs = {net.USER_ID: users, net.ITEM_ID: items}
+
+    def representations():
+        if model == "LightGCN":
+            u_all, v_all = net.forward()
+            return u_all[users], v_all[items]
+        return net.user_mf_embedding(users), net.item_mf_embedding(items)
+
+    def fold(x):
+        return x.reshape(len(x), n_blocks, width).sum(dim=1)
+
+    net.eval()
+    with torch.no_grad():
+        masked.load(ctx.init_state)
+        u_full, v_full = representations()
+        masked.load(ctx.init_state, keep=keep)
+        u, v = representations()
+        stock = net.predict(pairs)
+        install_block_scoring(net, masked, n_blocks)
+        assert scoring_spec(net) == {"kind": "rule_eq2", "n_blocks": n_blocks, "mask_users": False}
+        kept = torch.from_numpy(keep[b.n_users + items.numpy() - 1])
+        scale = counts.max() / counts[items.numpy() - 1]
+        expected = torch.stack([float(scale[k]) * sum(
+            fold(u)[k] @ v[k, n * width:(n + 1) * width] for n in range(n_blocks) if kept[k, n * width])
+            for k in range(3)])
+        if model == "LightGCN":
+            assert torch.allclose(net.predict(pairs), expected, atol=1e-5)
+            masked.load(ctx.init_state)  # full width: the dot product of the block-sums
+            assert torch.allclose(net.predict(pairs), (fold(u_full) * fold(v_full)).sum(dim=1), atol=1e-5)
+        else:  # NeuMF scores h^T (u' * v') + MLP: Eq. 2 enters through its GMF embeddings
+            u2, v2 = representations()
+            assert torch.allclose(u2, fold(u).tile((n_blocks,)), atol=1e-6)
+            assert torch.allclose(v2, v * kept * torch.from_numpy(scale).float().unsqueeze(-1), atol=1e-6)
+            assert torch.allclose((u2 * v2).sum(dim=1), expected, atol=1e-5)
+        remove_block_scoring(net)
+        masked.load(ctx.init_state, keep=keep)
+        assert torch.allclose(net.predict(pairs), stock, atol=1e-6)
+
+
+def test_items_only_space_keeps_every_users_first_blocks_and_fits():
+    rng = np.random.default_rng(3)
+    n_users, n_items, n_blocks, width = 30, 70, 8, 2
+    space = BlockSpace(n_users, n_items, n_blocks * width, n_blocks, make_groups(rng.integers(0, 9, n_users), 4,
+                       "random", rng), make_groups(rng.integers(0, 9, n_items), 5, "random", rng), 1, user_blocks=2)
+    fixed = np.arange(n_blocks) < 2
+    user_rows = ~space.is_item
+    budget_units = block_units(np.where(user_rows, 2, 3), space.group_sizes, width)
+    selections = [space.random(budget_units, rng) for _ in range(40)]
+    selections += [space.mutate(s, budget_units, rng) for s in selections]
+    for s in selections:
+        assert (s[user_rows] == fixed).all()  # users: their first two blocks, always
+        assert space.units(s) <= budget_units
+        assert (s[~user_rows].sum(axis=1) >= 1).all()
+    item_counts = {tuple(s[~user_rows].sum(axis=1)) for s in selections}
+    assert len(item_counts) > 5  # item groups are searched

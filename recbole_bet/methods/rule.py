@@ -25,6 +25,7 @@ from recbole_bet.files import atomic_write
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.plots import plot_rule_search
 from recbole_bet.pretrain import cache_path, pretrained
+from recbole_bet.scoring import install_block_scoring, remove_block_scoring
 from recbole_bet.training import Scorer, validation_subset
 
 ESTIMATOR_METRIC = "recall@100"  # the paper's (Appendix B)
@@ -45,10 +46,11 @@ def make_groups(freq: np.ndarray, n_groups: int, mode: str, rng) -> np.ndarray:
 
 class BlockSpace:
     """The search space: groups of users and items, N blocks of ``width`` each; a selection is a bool
-    (n_groups x N) matrix, user groups first."""
+    (n_groups x N) matrix, user groups first. With ``user_blocks`` (RULE's items-only compression) every user
+    group keeps its first ``user_blocks`` blocks in every selection, and only item groups are searched."""
 
     def __init__(self, n_users: int, n_items: int, d_max: int, n_blocks: int, user_group, item_group,
-                 d_min: int = 1, tables_per_entity: int = 1):
+                 d_min: int = 1, tables_per_entity: int = 1, user_blocks: int | None = None):
         self.n_blocks, self.width, self.d_max = n_blocks, d_max // n_blocks, d_max
         self.n_user_groups = int(user_group.max()) + 1
         self.group_of = np.concatenate([user_group, item_group + self.n_user_groups])
@@ -57,6 +59,20 @@ class BlockSpace:
         self.is_item = np.arange(self.n_groups) >= self.n_user_groups
         self.min_count = block_min_count(d_min, self.width)
         self.n_users, self.tables_per_entity = n_users, tables_per_entity
+        self.user_blocks = user_blocks
+        self.free = np.ones(self.n_groups, dtype=bool)  # the groups the search chooses blocks for
+        if user_blocks is not None:
+            self.free[: self.n_user_groups] = False
+
+    def _fix(self, selection: np.ndarray) -> np.ndarray:
+        if self.user_blocks is not None:
+            selection[~self.free] = np.arange(self.n_blocks) < self.user_blocks
+        return selection
+
+    def _free_budget(self, budget_units: int) -> int:
+        """Units left to the searched groups once the fixed user blocks are paid."""
+        fixed = np.where(self.free, 0, self.user_blocks or 0)
+        return budget_units - block_units(fixed, self.group_sizes, self.width)
 
     def units(self, selection: np.ndarray) -> int:
         return block_units(selection.sum(axis=1), self.group_sizes, self.width)
@@ -76,14 +92,18 @@ class BlockSpace:
     def random(self, budget_units: int, rng) -> np.ndarray:
         """Algorithm 1: counts ~ round(N(mu, 1)) within [min_count, N], mu the mean number of blocks per
         entity the budget allows; one block at a time taken from random groups until it fits."""
-        mu = budget_units / (self.width * len(self.group_of))
-        counts = np.clip(np.rint(rng.normal(mu, 1.0, self.n_groups)), self.min_count, self.n_blocks)
-        counts = fit_block_counts(counts, self.group_sizes, self.width, budget_units, self.min_count, rng)
-        return self._choose(counts, rng)
+        free, units = self.free, self._free_budget(budget_units)
+        mu = units / (self.width * self.group_sizes[free].sum())
+        counts = np.full(self.n_groups, self.user_blocks or 0, dtype=np.int64)
+        counts[free] = np.clip(np.rint(rng.normal(mu, 1.0, int(free.sum()))), self.min_count, self.n_blocks)
+        counts[free] = fit_block_counts(counts[free], self.group_sizes[free], self.width, units, self.min_count, rng)
+        return self._fix(self._choose(counts, rng))
 
     def _repair(self, selection: np.ndarray, budget_units: int, rng) -> np.ndarray:
         counts = selection.sum(axis=1)
-        fitted = fit_block_counts(counts, self.group_sizes, self.width, budget_units, self.min_count, rng)
+        fitted = counts.copy()
+        fitted[self.free] = fit_block_counts(counts[self.free], self.group_sizes[self.free], self.width,
+                                             self._free_budget(budget_units), self.min_count, rng)
         for g in np.nonzero(fitted < counts)[0]:  # drop random selected blocks of the groups that shrank
             chosen = np.nonzero(selection[g])[0]
             selection[g, rng.choice(chosen, size=counts[g] - fitted[g], replace=False)] = False
@@ -95,13 +115,14 @@ class BlockSpace:
         size by orders of magnitude), then repair to the budget; or reselect as many blocks for one random
         group (same cost)."""
         child = parent.copy()
-        side = self.is_item[rng.integers(self.n_groups)]
-        same = np.nonzero(self.is_item == side)[0]
+        searched = np.nonzero(self.free)[0]
+        side = self.is_item[searched[rng.integers(searched.size)]]
+        same = np.nonzero((self.is_item == side) & self.free)[0]
         if rng.random() < 0.5 and same.size >= 2:
             a, b = rng.choice(same, size=2, replace=False)
             child[[a, b]] = child[[b, a]]
             return self._repair(child, budget_units, rng)
-        g = rng.integers(self.n_groups)
+        g = searched[rng.integers(searched.size)]
         child[g] = np.argsort(rng.random(self.n_blocks)) < parent[g].sum()
         return child
 
@@ -112,7 +133,14 @@ def build_space(ctx) -> BlockSpace:
     users = make_groups(ctx.user_freq, config["rule_groups"], config["rule_grouping"], rng)
     items = make_groups(ctx.item_freq, config["rule_groups"], config["rule_grouping"], rng)
     return BlockSpace(b.n_users, b.n_items, b.d_max, config["rule_blocks"], users, items, b.d_min,
-                      b.tables_per_entity)
+                      b.tables_per_entity, user_blocks=fixed_user_blocks(config))
+
+
+def fixed_user_blocks(config) -> int | None:
+    """Blocks every user keeps when only items are searched (``rule_compress: items``); None: users searched too."""
+    if config["rule_compress"] == "items":
+        return int(config["rule_user_blocks"])
+    return None
 
 
 # ------------------------------------------------------------------------------ training (Eq. 3)
@@ -249,7 +277,8 @@ def estimator_pairs(ctx, space: BlockSpace, state: dict, variant: str):
     Cached next to the training: (selections, targets, reused)."""
     config = ctx.config
     key = json.dumps({k: config[k] for k in ("rule_groups", "rule_grouping", "rule_estimator_pairs",
-                                             "rule_estimator_users", "d_min")}, sort_keys=True)
+                                             "rule_estimator_users", "d_min", "rule_compress", "rule_user_blocks")},
+                     sort_keys=True)
     path = cache_path(config, f"rule-pairs:{variant}:{key}", suffix=".npz")
     cached = _load_pairs(path) if os.path.isfile(path) else None
     if cached is not None:
@@ -257,8 +286,9 @@ def estimator_pairs(ctx, space: BlockSpace, state: dict, variant: str):
         return cached[0], cached[1], True
     rng = np.random.default_rng([config["seed"], 11])
     scorer, loader = subset_scorer(ctx)
-    lowest = space.units(np.ones((space.n_groups, space.min_count), dtype=bool))
-    highest = space.units(np.ones((space.n_groups, space.n_blocks), dtype=bool))
+    fixed = space.user_blocks or 0
+    lowest = space.units(first_blocks(np.where(space.free, space.min_count, fixed), space.n_blocks))
+    highest = space.units(first_blocks(np.where(space.free, space.n_blocks, fixed), space.n_blocks))
     selections = np.zeros((config["rule_estimator_pairs"], space.n_groups, space.n_blocks), dtype=bool)
     targets = np.zeros(config["rule_estimator_pairs"])
     for i in range(len(targets)):
@@ -320,15 +350,48 @@ def aligned_diagnostic(ctx, space: BlockSpace, state: dict, chosen: np.ndarray) 
     searched selection, its misaligned user and item blocks (a user and an item meet only where both kept the
     same block) cost more than the search gains."""
     out = {}
+
+    def everyone(k):  # k first blocks for every searched group; fixed user groups keep theirs
+        return np.where(space.free, k, space.user_blocks or 0)
+
     uniform = max(k for k in range(space.min_count, space.n_blocks + 1)
-                  if space.units(first_blocks(np.full(space.n_groups, k), space.n_blocks)) <= ctx.budget.budget_units)
-    for name, counts in (("chosen_counts", chosen.sum(axis=1)), ("uniform", np.full(space.n_groups, uniform))):
+                  if space.units(first_blocks(everyone(k), space.n_blocks)) <= ctx.budget.budget_units)
+    for name, counts in (("chosen_counts", chosen.sum(axis=1)), ("uniform", everyone(uniform))):
         ctx.masked.load(state, keep=space.keep(first_blocks(counts, space.n_blocks)))
         out[name] = {"blocks": int(uniform) if name == "uniform" else None,
                      "valid_ndcg@20": float(ctx.evaluate(ctx.valid_data)["ndcg@20"])}
     ctx.masked.load(state, keep=space.keep(chosen))
     out["chosen"] = {"valid_ndcg@20": float(ctx.evaluate(ctx.valid_data)["ndcg@20"])}
     return out
+
+
+def near_budget_check(ctx, space: BlockSpace, state: dict, estimate, count: int) -> dict:
+    """The estimator where it is used: ``count`` random selections at the run's own budget, each scored for real
+    (subset Recall@100) and by the estimator. The held-out check spans all budgets, where the number of blocks
+    alone explains most of the target; this one asks whether the estimator ranks selections of one budget."""
+    if count < 3:
+        return {}
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng([ctx.config["seed"], 19])
+    scorer, loader = subset_scorer(ctx)
+    selections = np.stack([space.random(ctx.budget.budget_units, rng) for _ in range(count)])
+    real = np.zeros(count)
+    for i, selection in enumerate(selections):
+        ctx.masked.load(state, keep=space.keep(selection))
+        real[i] = scorer.evaluate(loader)[ESTIMATOR_METRIC]
+    est = estimate(selections)
+    varied = np.std(real) > 0 and np.std(est) > 0
+    return {"selections": count, "target_min": float(real.min()), "target_max": float(real.max()),
+            "corr": float(np.corrcoef(est, real)[0, 1]) if varied else 0.0,
+            "spearman": float(spearmanr(est, real)[0]) if varied else 0.0}
+
+
+def block_cosine(ctx, state: dict, n_blocks: int) -> float:
+    """The diversity term over whole trained tables (mean pairwise cosine of a row's blocks; lower is more
+    diverse): what ``rule_lambda`` changed, compared across runs."""
+    values = [block_diversity(state[f"{t.name}.weight"][1:].float(), n_blocks) for t in ctx.masked.tables]
+    return float(torch.stack(values).mean())
 
 
 class RULE(Method):
@@ -341,13 +404,18 @@ class RULE(Method):
     def check_budgets(self, ctx, budgets) -> None:
         space = build_space(ctx)
         for b in budgets:
-            check_blocks_feasible(b, space.n_blocks, space.min_count)
+            check_blocks_feasible(b, space.n_blocks, space.min_count, space.user_blocks)
 
     def select(self, ctx) -> Selection:
         config, b, logger = ctx.config, ctx.budget, getLogger()
         space = build_space(ctx)
-        check_blocks_feasible(b, space.n_blocks, space.min_count)  # before any training
+        check_blocks_feasible(b, space.n_blocks, space.min_count, space.user_blocks)  # before any training
         variant = f"rule-train:blocks={config['rule_blocks']}:lambda={float(config['rule_lambda'])!r}"
+        if config["rule_scoring"] == "eq2":  # trained, searched, evaluated and exported with Eq. 2
+            install_block_scoring(ctx.model, ctx.masked, space.n_blocks, mask_users=space.user_blocks is None)
+            variant += ":scoring=eq2"
+        else:
+            remove_block_scoring(ctx.model)
         training_reused = os.path.isfile(cache_path(config, variant))
         state, train_valid, train_s = pretrained(ctx, variant, train_with_diversity)
 
@@ -366,6 +434,9 @@ class RULE(Method):
             space, estimate, b.budget_units, config["rule_population"], config["rule_sample"],
             config["rule_cycles"], rng)
         evolution_s = perf_counter() - t0
+        t0 = perf_counter()
+        near = near_budget_check(ctx, space, state, estimate, config["rule_near_budget"])
+        near_s = perf_counter() - t0
 
         aligned = aligned_diagnostic(ctx, space, state, best)
         keep = space.keep(best)
@@ -379,12 +450,14 @@ class RULE(Method):
             "blocks": space.n_blocks, "block_width": space.width, "min_blocks": space.min_count,
             "groups": {"users": space.n_user_groups, "items": space.n_groups - space.n_user_groups,
                        "grouping": config["rule_grouping"]},
-            "lambda": float(config["rule_lambda"]),
+            "lambda": float(config["rule_lambda"]), "scoring": config["rule_scoring"],
+            "compress": config["rule_compress"], "user_blocks": space.user_blocks,
+            "block_cosine": block_cosine(ctx, state, space.n_blocks),
             "training_reused": training_reused, "training_valid_ndcg@20": float(train_valid.get("ndcg@20", np.nan)),
             "estimator": {"pairs": int(len(targets)), "users": config["rule_estimator_users"],
                           "pairs_reused": bool(pairs_reused), "metric": ESTIMATOR_METRIC,
                           "target_min": float(targets.min()), "target_max": float(targets.max()),
-                          "train_rmse": train_rmse, **check},
+                          "train_rmse": train_rmse, **check, "near_budget": near},
             "evolution": {"population": config["rule_population"], "sample": config["rule_sample"],
                           "cycles": config["rule_cycles"], "evaluated": len(units),
                           "best_estimate_per_cycle": history},
@@ -393,11 +466,11 @@ class RULE(Method):
                        "blocks_per_group": [np.nonzero(row)[0].tolist() for row in best]},
             "kept_units_users": int(sizes[:n_users].sum()), "kept_units_items": int(sizes[n_users:].sum()),
             "aligned": aligned,
-            "seconds": {"pairs": pairs_s, "estimator": estimator_s, "evolution": evolution_s},
+            "seconds": {"pairs": pairs_s, "estimator": estimator_s, "evolution": evolution_s, "near_budget": near_s},
         }
         logger.info(f"RULE: {len(units)} selections estimated; chosen estimate {best_estimate:.4f}, subset "
                     f"{ESTIMATOR_METRIC} {actual:.4f}; training {'reused' if training_reused else 'trained'}, "
                     f"pairs {'reused' if pairs_reused else 'evaluated'}")
         return Selection(sizes, state, valid, search,
-                         {"pretrain": train_s, "search": pairs_s + estimator_s + evolution_s, "retrain": 0.0},
+                         {"pretrain": train_s, "search": pairs_s + estimator_s + evolution_s + near_s, "retrain": 0.0},
                          keep=keep)
