@@ -12,6 +12,12 @@ It applies to the first ``d_max`` columns of what the model scores: the final-la
 (``forward()`` returning every user's and item's; for LightGCN all of it, for NGCF the layer-0 part of its
 concatenation) and NeuMF's GMF embeddings (its MLP embeddings are scored by the MLP as they are). The masks
 are read from the ``MaskedTables`` at call time, so the scoring follows every switch of action.
+
+LightGCN's final-layer embeddings are a fixed linear function of its tables, the same width: ``bake_final_layer``
+stores them as the tables of a LightGCN with ``n_layers`` 0 (what the paper keeps on the device), so that block
+masks select blocks of the final-layer embeddings, as Eq. 2 means, rather than of the layer-0 tables (a masked
+layer-0 block changes every neighbour's final embedding). With ``fold_users`` a user row becomes its block-sum in
+its first block: under Eq. 2 that is all of the user that is ever read.
 """
 from __future__ import annotations
 
@@ -33,8 +39,13 @@ class BlockScoring:
         self.width = masked.d_max // n_blocks
         self._cache_key, self._cache = None, None
 
+        self.baked, self.stock_layers = False, None
+
     def spec(self) -> dict:
-        return {"kind": "rule_eq2", "n_blocks": self.n_blocks, "mask_users": self.mask_users}
+        spec = {"kind": "rule_eq2", "n_blocks": self.n_blocks, "mask_users": self.mask_users}
+        if self.baked:
+            spec["n_layers"] = 0
+        return spec
 
     def _factors(self, device) -> dict:
         """Per entity side, (keep mask, scale) with the padding row, or None at full width / unmasked."""
@@ -98,12 +109,55 @@ def install_block_scoring(model: nn.Module, masked, n_blocks: int, mask_users: b
     return scoring
 
 
+def can_bake(model: nn.Module) -> bool:
+    from recbole.model.general_recommender import LightGCN
+
+    return isinstance(model, LightGCN)
+
+
+def bake_final_layer(model: nn.Module, masked, state: dict, fold_users: bool, n_layers: int) -> dict:
+    """The state of a LightGCN with ``n_layers`` 0 whose tables are the final-layer embeddings of ``state`` (a
+    LightGCN with ``n_layers`` layers) at full width; sets the model's ``n_layers`` to 0 and records it in the
+    installed scoring. Lossless under Eq. 2: the same full-width scores (tested)."""
+    from recbole_bet.masking import load_plain_state_dict
+
+    installed = getattr(model, SPEC_ATTR, None)
+    if installed is None or not can_bake(model):
+        raise ValueError("bake_final_layer needs a LightGCN with block scoring installed")
+    scoring = installed[0]
+    model.n_layers = n_layers
+    masked.set_full()
+    load_plain_state_dict(model, state)
+    with torch.no_grad():
+        users, items = type(model).forward(model)  # the stock forward: raw final-layer embeddings
+    if fold_users:
+        folded = users[:, : masked.d_max].reshape(len(users), scoring.n_blocks, scoring.width).sum(dim=1)
+        users = torch.zeros_like(users)
+        users[:, : scoring.width] = folded
+    baked = dict(state)
+    baked[f"{_table_name(masked, 'user')}.weight"] = users.detach().clone()
+    baked[f"{_table_name(masked, 'item')}.weight"] = items.detach().clone()
+    model.n_layers = 0
+    scoring.baked, scoring.stock_layers = True, n_layers
+    forget_cached_embeddings(model)
+    return baked
+
+
+def _table_name(masked, entity: str) -> str:
+    names = [t.name for t in masked.tables if t.entity == entity]
+    if len(names) != 1:
+        raise ValueError(f"expected one {entity} table, found {names}")
+    return names[0]
+
+
 def remove_block_scoring(model: nn.Module) -> None:
     installed = getattr(model, SPEC_ATTR, None)
     if installed is None:
         return
     for handle in installed[1]:
         handle.remove()
+    if installed[0].baked and installed[0].stock_layers is not None:
+        model.n_layers = installed[0].stock_layers
     if "forward" in vars(model):
         del model.forward
     delattr(model, SPEC_ATTR)
@@ -123,4 +177,10 @@ def apply_scoring_spec(model: nn.Module, masked, spec: dict | None) -> None:
         return
     if spec.get("kind") != "rule_eq2":
         raise BadInput(f"unknown scoring {spec.get('kind')!r} in the artifact")
-    install_block_scoring(model, masked, int(spec["n_blocks"]), bool(spec.get("mask_users", False)))
+    scoring = install_block_scoring(model, masked, int(spec["n_blocks"]), bool(spec.get("mask_users", False)))
+    if "n_layers" in spec:  # a baked LightGCN: its tables are final-layer embeddings
+        if not can_bake(model):
+            raise BadInput(f"the artifact's tables are LightGCN final-layer embeddings, not {type(model).__name__}'s")
+        scoring.baked, scoring.stock_layers = True, model.n_layers
+        model.n_layers = int(spec["n_layers"])
+        forget_cached_embeddings(model)

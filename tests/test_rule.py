@@ -202,6 +202,10 @@ def test_aligned_blocks_diagnostic_fits_the_budget_and_scores_the_chosen_selecti
     assert n_entities * blocks * width <= report["budget_params"] < n_entities * (blocks + 1) * width
     for part in ("chosen_counts", "uniform"):
         assert 0 < aligned[part]["valid_ndcg@20"] < 1
+    assert report["search"]["final_layer"]  # LightGCN with Eq. 2: blocks of its final-layer embeddings
+    ctx = make_context("LightGCN", tmp_path, method="rule", sparsity=0.9, epochs=1)
+    _check_artifact(ctx, report, out / "table.npz")
+    assert ctx.model.n_layers == 0  # the artifact's tables are final-layer embeddings
 
 
 @pytest.mark.parametrize("model", ["LightGCN", "NeuMF"])
@@ -277,3 +281,29 @@ def test_items_only_space_keeps_every_users_first_blocks_and_fits():
         assert (s[~user_rows].sum(axis=1) >= 1).all()
     item_counts = {tuple(s[~user_rows].sum(axis=1)) for s in selections}
     assert len(item_counts) > 5  # item groups are searched
+
+
+def test_baked_lightgcn_scores_its_final_layer_like_the_trained_model(tmp_path):
+    """LightGCN's final-layer embeddings as the tables of a LightGCN with n_layers 0, users folded into their
+    first block: at full width the same Eq. 2 scores as the trained model; the spec records it."""
+    from recbole_bet.scoring import bake_final_layer, install_block_scoring, remove_block_scoring, scoring_spec
+
+    ctx = make_context("LightGCN", tmp_path, method="rule", sparsity=0.9)
+    net, masked = ctx.model, ctx.masked
+    layers = net.n_layers
+    assert layers > 0
+    install_block_scoring(net, masked, 16)
+    users, items = torch.tensor([1, 5, 9, 30]), torch.tensor([2, 3, 40, 7])
+    pairs = {net.USER_ID: users, net.ITEM_ID: items}
+    net.eval()
+    with torch.no_grad():
+        masked.load(ctx.init_state)
+        before = net.predict(pairs)
+        baked = bake_final_layer(net, masked, ctx.init_state, fold_users=True, n_layers=layers)
+        masked.load(baked)
+        assert net.n_layers == 0 and scoring_spec(net)["n_layers"] == 0
+        assert torch.allclose(net.predict(pairs), before, atol=1e-5)
+        user_rows = baked["user_embedding.weight"]
+        assert (user_rows[:, 8:] == 0).all() and user_rows[:, :8].abs().sum() > 0  # one 8-wide block per user
+    remove_block_scoring(net)
+    assert net.n_layers == layers

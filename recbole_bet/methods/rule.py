@@ -25,7 +25,7 @@ from recbole_bet.files import atomic_write
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.plots import plot_rule_search
 from recbole_bet.pretrain import cache_path, pretrained
-from recbole_bet.scoring import install_block_scoring, remove_block_scoring
+from recbole_bet.scoring import bake_final_layer, can_bake, install_block_scoring, remove_block_scoring
 from recbole_bet.training import Scorer, validation_subset
 
 ESTIMATOR_METRIC = "recall@100"  # the paper's (Appendix B)
@@ -411,16 +411,21 @@ class RULE(Method):
         space = build_space(ctx)
         check_blocks_feasible(b, space.n_blocks, space.min_count, space.user_blocks)  # before any training
         variant = f"rule-train:blocks={config['rule_blocks']}:lambda={float(config['rule_lambda'])!r}"
-        if config["rule_scoring"] == "eq2":  # trained, searched, evaluated and exported with Eq. 2
+        eq2 = config["rule_scoring"] == "eq2"
+        remove_block_scoring(ctx.model)  # a list's previous budget may have baked the model: back to the stock one
+        if eq2:  # trained, searched, evaluated and exported with Eq. 2
             install_block_scoring(ctx.model, ctx.masked, space.n_blocks, mask_users=space.user_blocks is None)
             variant += ":scoring=eq2"
-        else:
-            remove_block_scoring(ctx.model)
         training_reused = os.path.isfile(cache_path(config, variant))
         state, train_valid, train_s = pretrained(ctx, variant, train_with_diversity)
+        trained, baked = state, eq2 and can_bake(ctx.model)
+        if baked:  # blocks of LightGCN's final-layer embeddings, as the paper selects them
+            state = bake_final_layer(ctx.model, ctx.masked, state, fold_users=space.user_blocks is not None,
+                                     n_layers=config["n_layers"])
 
         start = perf_counter()
-        selections, targets, pairs_reused = estimator_pairs(ctx, space, state, variant)
+        pairs_variant = variant + (":final-layer" if baked else "")  # baked tables score differently
+        selections, targets, pairs_reused = estimator_pairs(ctx, space, state, pairs_variant)
         pairs_s = perf_counter() - start
         t0 = perf_counter()
         check = _holdout(selections, targets, config)
@@ -450,9 +455,9 @@ class RULE(Method):
             "blocks": space.n_blocks, "block_width": space.width, "min_blocks": space.min_count,
             "groups": {"users": space.n_user_groups, "items": space.n_groups - space.n_user_groups,
                        "grouping": config["rule_grouping"]},
-            "lambda": float(config["rule_lambda"]), "scoring": config["rule_scoring"],
+            "lambda": float(config["rule_lambda"]), "scoring": config["rule_scoring"], "final_layer": baked,
             "compress": config["rule_compress"], "user_blocks": space.user_blocks,
-            "block_cosine": block_cosine(ctx, state, space.n_blocks),
+            "block_cosine": block_cosine(ctx, trained, space.n_blocks),
             "training_reused": training_reused, "training_valid_ndcg@20": float(train_valid.get("ndcg@20", np.nan)),
             "estimator": {"pairs": int(len(targets)), "users": config["rule_estimator_users"],
                           "pairs_reused": bool(pairs_reused), "metric": ESTIMATOR_METRIC,
