@@ -180,11 +180,11 @@ def write_report(out: str, command: str) -> None:
              f"(validation {METRIC.upper()}, full ranking). 'best' is the run's best validation over all its "
              f"epochs; 'best@E' the best within the first E epochs. A run marked '(time limit)' was ended by "
              f"--max_minutes: its 'best' is only the best so far.", "",
-             "| run | epochs | s/epoch | best | best at | best@100 | best@200 | best@300 | best@500 |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| run | epochs | s/epoch | best | best at | best@100 | best@200 | best@300 | best@500 | best@1000 |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in runs:
         v = np.asarray(r["valid"])
-        at = [f"{v[:e].max():.4f}" if len(v) >= e else "" for e in (100, 200, 300, 500)]
+        at = [f"{v[:e].max():.4f}" if len(v) >= e else "" for e in (100, 200, 300, 500, 1000)]
         cut = " (time limit)" if r.get("time_limited") else ""
         lines.append(f"| {run_key(r)} | {len(v)}{cut} | {r['epoch_s']:.2f} | {v.max():.4f} | {int(v.argmax()) + 1} | "
                      + " | ".join(at) + " |")

@@ -81,6 +81,14 @@ def test_tiny_grid_runs_resumes_and_survives_a_failing_cell(tmp_path):
     assert sorted(r["method"] for r in rows) == ["es", "mr"]
     assert "| bogus | 0.9 | – |" in (results / "ml-100k.md").read_text()  # asked for, 0/1 finished
 
+    # a fresh clone: the run folders are gone, the committed CSV rows are not; nothing runs again
+    shutil.rmtree(runs)
+    third = _run(f"--grid={TINY}", f"--output-root={runs}", f"--results-dir={results}")
+    assert third.returncode == 0, third.stdout + third.stderr[-3000:]
+    assert "2 cell(s) already have a row in" in third.stdout and "nothing to do" in third.stdout
+    assert not es.exists() and not mr.exists()
+    assert sorted(r["method"] for r in _csv_rows(results / "ml-100k.csv")) == ["es", "mr"]
+
 
 def test_cell_states_and_dry_run(tmp_path):
     spec = yaml.safe_load(TINY.read_text())

@@ -11,8 +11,9 @@ import signal
 import sys
 import threading
 
-from recbole_bet.grid.cells import grid_cells, select_cells, shown
+from recbole_bet.grid.cells import cell_state, grid_cells, select_cells, shown
 from recbole_bet.grid.load import GridError, bundled_grids, load_grid
+from recbole_bet.grid.rows import previous_rows
 from recbole_bet.grid.running import describe, print_summary, run_local
 from recbole_bet.grid.tables import build_tables
 
@@ -54,12 +55,26 @@ def _report_failures(failures: list) -> None:
         print("\n".join("    " + line for line in outcome.stderr_tail.splitlines()), file=sys.stderr)
 
 
+def _skip_committed(grid, cells: list) -> list:
+    """Cells whose row is in the committed ``<dataset>.csv`` but whose run folder is gone (results/runs is not in
+    git: a fresh clone, another machine) are finished: running them again would only spend the compute twice."""
+    committed = set()
+    for dataset in grid.datasets:
+        committed |= set(previous_rows(grid.results_dir / f"{dataset}.csv"))
+    skipped = [c for c in cells if c.dir_arg in committed and cell_state(c) == "new"]  # a leftover folder reruns
+    if skipped:
+        print(f"{len(skipped)} cell(s) already have a row in {shown(grid.results_dir)}/<dataset>.csv but no run folder "
+              f"here: skipped as finished (delete a row there to run its cell again)", flush=True)
+    return [c for c in cells if c not in skipped]
+
+
 def _run_cells(grid, args, only) -> tuple:
     """(exit status or None, failures)."""
     cells = select_cells(grid_cells(grid), only)
     if only and not cells:
         raise GridError(f"--only {only} matches none of the grid's cells, e.g. {grid_cells(grid)[0].id}")
     print(f"grid {grid.name}: {len(cells)} cell(s) -> {shown(grid.output_root)}")
+    cells = _skip_committed(grid, cells)
     if args.dry_run:
         print_summary(len(cells), describe(cells), dry_run=True)
         return 0, []
