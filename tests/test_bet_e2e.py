@@ -28,7 +28,7 @@ def _check_search_report(report, config_t=3, top_k=2):
     assert [it["strategy"] for it in search["iterations"]] == ["predicted", "predicted", "predicted"][:config_t]
     for it in search["iterations"]:
         assert it["kept_params"] <= report["budget_params"]
-        assert 0 < it["fitness"] and np.isfinite(it["predicted_fitness"])
+        assert 0 < it["fitness"] and np.isfinite(it["predicted_fitness"]) and 0 <= it["user_share"] <= 1
     assert search["max_candidate_kept_params"] <= report["budget_params"]
     assert len(search["retrained"]) == top_k
     chosen = search["retrained"][search["chosen"]]
@@ -43,6 +43,12 @@ def test_bet_quick_profile(monkeypatch, tmp_path, model):
     _check_search_report(report)
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["search"]["iterations"] == report["search"]["iterations"]
+    from recbole_bet.export import read_artifact  # the chosen action's share of the budget on users, as exported
+
+    meta, arrays = read_artifact(str(tmp_path / "out" / "table.npz"))
+    units = {t["entity"]: int(arrays[f"table.{t['name']}.sizes"][1:].sum()) for t in meta["tables"]}
+    chosen = report["search"]["retrained"][report["search"]["chosen"]]
+    assert chosen["user_share"] == pytest.approx(units["user"] / (units["user"] + units["item"]))
     assert report["tables_per_entity"] == (2 if model == "NeuMF" else 1)
 
 

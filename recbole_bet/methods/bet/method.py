@@ -110,10 +110,15 @@ class BET(Method):
             retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
                 top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
+        # where each action put its budget: on LightGCN the fittest actions give one side nearly everything
+        n_users = ctx.budget.n_users
+        user_share = {m.t: float(np.sum(m.sizes[:n_users]) / max(1, np.sum(m.sizes))) for m in state.population}
+        for entry in retrained:
+            entry["user_share"] = user_share.get(entry["t"])
         search = {
             "iterations": [
                 {"t": m.t, "strategy": m.strategy, "kept_params": m.kept_params, "fitness": m.fitness,
-                 "predicted_fitness": m.predicted_fitness, "seconds": m.seconds}
+                 "predicted_fitness": m.predicted_fitness, "seconds": m.seconds, "user_share": user_share[m.t]}
                 for m in state.population
             ],
             "max_candidate_kept_params": state.max_candidate_kept_params,
