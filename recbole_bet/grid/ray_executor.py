@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -134,6 +136,26 @@ class Progress:
             self.bar.close()
 
 
+class _StopFlag:
+    """While installed (main thread only), SIGINT and SIGTERM set a flag that ``check`` turns into
+    KeyboardInterrupt at a point of our choosing."""
+
+    def __init__(self):
+        self.event, self.previous = threading.Event(), {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.event.set())
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
 def run_ray(cells: list, address=None, num_cpus=None) -> list:
     """Run the cells that are not done as Ray tasks; returns the failed (cell, outcome) pairs."""
     ray = import_ray()
@@ -163,9 +185,12 @@ def run_ray(cells: list, address=None, num_cpus=None) -> list:
             submitted[task.remote(cell)] = (i, cell, time.perf_counter(), time.time())
         pending = list(submitted)
         progress = Progress(len(todo))
+        stop = _StopFlag()
         try:
             while pending:
-                # a timeout, so that Ctrl-C and SIGTERM reach Python at least once a second
+                # Ctrl-C and SIGTERM only set a flag, checked here at least once a second: an exception raised
+                # by the signal itself can land inside Ray's own calls and be lost there (seen under load)
+                stop.check()
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
                 progress.tick(len(failures))
                 for ref in ready:
@@ -184,6 +209,7 @@ def run_ray(cells: list, address=None, num_cpus=None) -> list:
                 ray.wait(pending, num_returns=len(pending), timeout=60)
             raise
         finally:
+            stop.restore()
             progress.close()
     finally:
         if started:
