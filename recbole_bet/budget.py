@@ -286,6 +286,22 @@ def assign_by_rank(sorted_sizes: np.ndarray, rank_order: np.ndarray) -> np.ndarr
     return out
 
 
+def fill_by_frequency(sizes, budget: Budget, freq) -> np.ndarray:
+    """Hand the units a selection leaves unused to rows below d_max, one each, most frequent first, in passes
+    until the budget is used or every row is at d_max (the fill rule of equal sizes, for any sizes)."""
+    sizes = np.array(sizes, dtype=np.int64)
+    room = budget.budget_units - int(sizes.sum())
+    order = np.argsort(-np.asarray(freq, dtype=np.float64), kind="stable")
+    while room > 0:
+        can = order[sizes[order] < budget.d_max]
+        if can.size == 0:
+            break
+        take = can[:room]
+        sizes[take] += 1
+        room -= take.size
+    return sizes
+
+
 def equal_sizes(budget: Budget, user_freq=None, item_freq=None) -> np.ndarray:
     """Every user and item gets the same size: the largest that fits the budget.
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from recbole_bet.budget import fill_by_frequency
 from recbole_bet.masking import plain_state_dict
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.training import quality
@@ -310,7 +311,10 @@ class OptEmbed(Method):
         best, best_fitness, evaluated, history = evolve(
             space, fitness, config["optembed_population"], config["optembed_generations"],
             float(config["optembed_mutation_prob"]), rng)
-        sizes = space.sizes(best)
+        # the chosen widths may leave part of the budget unused (a candidate under budget is kept as drawn, and a
+        # repaired one can only move whole groups): the rest goes to the most frequent rows, as for ES
+        unfilled = space.sizes(best)
+        sizes = fill_by_frequency(unfilled, b, np.concatenate([ctx.user_freq, ctx.item_freq]))
         search_s = perf_counter() - start
         logger.info(f"OptEmbed: {len(evaluated)} candidates evaluated on the supernet, best quality "
                     f"{best_fitness:.4f}; {int(pruned.sum())} rows pruned to d_min; retraining from scratch")
@@ -333,6 +337,7 @@ class OptEmbed(Method):
                        "widths_items": [int(w) for w in best[space.n_user_groups:]],
                        "supernet_fitness": best_fitness},
             "kept_units_users": int(sizes[:n_users].sum()), "kept_units_items": int(sizes[n_users:].sum()),
+            "filled_units": int(sizes.sum() - unfilled.sum()),
             "seconds": {"supernet": supernet_s, "evolution": search_s},
         }
         return Selection(sizes, state, valid, search,
