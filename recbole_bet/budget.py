@@ -287,8 +287,9 @@ def assign_by_rank(sorted_sizes: np.ndarray, rank_order: np.ndarray) -> np.ndarr
 
 
 def fill_by_frequency(sizes, budget: Budget, freq) -> np.ndarray:
-    """Hand the units a selection leaves unused to rows below d_max, one each, most frequent first, in passes
-    until the budget is used or every row is at d_max (the fill rule of equal sizes, for any sizes)."""
+    """Hand the units a selection leaves unused to rows below d_max, one each, in passes until the budget is used
+    or every row is at d_max. Users and items are ranked together by frequency (``equal_sizes`` instead splits
+    its few leftover units between the sides by their numbers: it never needs a second pass)."""
     sizes = np.array(sizes, dtype=np.int64)
     room = budget.budget_units - int(sizes.sum())
     order = np.argsort(-np.asarray(freq, dtype=np.float64), kind="stable")

@@ -312,7 +312,7 @@ class OptEmbed(Method):
             space, fitness, config["optembed_population"], config["optembed_generations"],
             float(config["optembed_mutation_prob"]), rng)
         # the chosen widths may leave part of the budget unused (a candidate under budget is kept as drawn, and a
-        # repaired one can only move whole groups): the rest goes to the most frequent rows, as for ES
+        # repaired one can only move whole groups): the rest goes to the most frequent rows
         unfilled = space.sizes(best)
         sizes = fill_by_frequency(unfilled, b, np.concatenate([ctx.user_freq, ctx.item_freq]))
         search_s = perf_counter() - start

@@ -69,6 +69,10 @@ class BlockSpace:
             selection[~self.free] = np.arange(self.n_blocks) < self.user_blocks
         return selection
 
+    def everyone(self, k: int) -> np.ndarray:
+        """Block counts with ``k`` for every searched group; fixed user groups keep theirs."""
+        return np.where(self.free, k, self.user_blocks or 0)
+
     def _free_budget(self, budget_units: int) -> int:
         """Units left to the searched groups once the fixed user blocks are paid."""
         fixed = np.where(self.free, 0, self.user_blocks or 0)
@@ -286,9 +290,8 @@ def estimator_pairs(ctx, space: BlockSpace, state: dict, variant: str):
         return cached[0], cached[1], True
     rng = np.random.default_rng([config["seed"], 11])
     scorer, loader = subset_scorer(ctx)
-    fixed = space.user_blocks or 0
-    lowest = space.units(first_blocks(np.where(space.free, space.min_count, fixed), space.n_blocks))
-    highest = space.units(first_blocks(np.where(space.free, space.n_blocks, fixed), space.n_blocks))
+    lowest = space.units(first_blocks(space.everyone(space.min_count), space.n_blocks))
+    highest = space.units(first_blocks(space.everyone(space.n_blocks), space.n_blocks))
     selections = np.zeros((config["rule_estimator_pairs"], space.n_groups, space.n_blocks), dtype=bool)
     targets = np.zeros(config["rule_estimator_pairs"])
     for i in range(len(targets)):
@@ -350,10 +353,7 @@ def aligned_diagnostic(ctx, space: BlockSpace, state: dict, chosen: np.ndarray) 
     searched selection, its misaligned user and item blocks (a user and an item meet only where both kept the
     same block) cost more than the search gains."""
     out = {}
-
-    def everyone(k):  # k first blocks for every searched group; fixed user groups keep theirs
-        return np.where(space.free, k, space.user_blocks or 0)
-
+    everyone = space.everyone
     uniform = max(k for k in range(space.min_count, space.n_blocks + 1)
                   if space.units(first_blocks(everyone(k), space.n_blocks)) <= ctx.budget.budget_units)
     for name, counts in (("chosen_counts", chosen.sum(axis=1)), ("uniform", everyone(uniform))):
