@@ -137,14 +137,18 @@ class Progress:
 
 
 class _StopFlag:
-    """While installed (main thread only), SIGINT and SIGTERM set a flag that ``check`` turns into
-    KeyboardInterrupt at a point of our choosing."""
+    """While installed (main thread only), SIGINT and SIGTERM interrupt at once and also set a flag that ``check``
+    turns into KeyboardInterrupt, for when the first one was lost inside Ray's own calls."""
 
     def __init__(self):
         self.event, self.previous = threading.Event(), {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.event.set())
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.event.set()  # if Ray swallows the exception below, check() raises it again within a second
+        raise KeyboardInterrupt
 
     def check(self) -> None:
         if self.event.is_set():
@@ -188,8 +192,8 @@ def run_ray(cells: list, address=None, num_cpus=None) -> list:
         stop = _StopFlag()
         try:
             while pending:
-                # Ctrl-C and SIGTERM only set a flag, checked here at least once a second: an exception raised
-                # by the signal itself can land inside Ray's own calls and be lost there (seen under load)
+                # an interruption raised by the signal can land inside Ray's own calls and be lost there (seen under
+                # load): the flag it also sets is checked here at least once a second
                 stop.check()
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
                 progress.tick(len(failures))
