@@ -293,3 +293,43 @@ def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):
     holder.wait()
     with exclusive_lock(tmp_path / "no-such-folder" / "x.lock") as held:  # no lock possible: run unlocked
         assert held is False
+
+
+def test_an_interrupted_bet_cell_parked_in_the_results_resumes_in_a_fresh_clone(tmp_path):
+    from conftest import run_python
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    spec = yaml.safe_load(TINY.read_text())
+    spec.update(name="parking", methods=["bet"], output_root=str(runs), results_dir=str(results))
+    spec["config"] = {**spec.get("config", {}), "bet_iterations": 3, "bet_candidates": 4, "bet_retrain_top_k": 1,
+                      "pretrain_cache_dir": str(tmp_path / "cache")}
+    path = tmp_path / "parking.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    (cell,) = grid_cells(load_grid(path, workdir=REPO))
+    # the cell as the grid runs it, killed at its second checkpoint (the second search iteration)
+    killed = run_python("tests/kill_runner.py", "checkpoint", "2", *cell.run_args())
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert cell_state(cell) == "resume"
+
+    parked = _run(f"--grid={path}", "--park")
+    assert parked.returncode == 0, parked.stderr[-2000:]
+    where = results / "parked" / "parking" / cell.id
+    assert "1 interrupted cell(s) parked" in parked.stdout and (where / "checkpoint.pt").is_file()
+    assert (where / "checkpoint.pt").read_bytes() == (cell.dir / "checkpoint.pt").read_bytes()
+    assert not (runs / "logs").exists()  # parking runs nothing
+
+    shutil.rmtree(runs)  # a fresh clone: the run folder is gone, the parked checkpoint was committed
+    assert cell_state(cell) == "parked"
+    dry = _run(f"--grid={path}", "--dry-run")
+    assert "would resume from the checkpoint parked in" in _status_line(dry.stdout, cell.id)
+    resumed = _run(f"--grid={path}")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
+    line = _status_line(resumed.stdout, cell.id)
+    assert "done (resumed)" in line and "started over" not in line
+    info = json.loads((cell.dir / "cell.json").read_text())
+    assert info["resumed"] is True
+    report = json.loads((cell.dir / "report.json").read_text())
+    assert [it["t"] for it in report["search"]["iterations"]] == [0, 1, 2]
+    assert not (results / "parked").exists()  # finished: the parked copy (and its empty folders) are gone
+    again = _run(f"--grid={path}", "--park")
+    assert again.returncode == 0 and "no interrupted BET cell" in again.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 from recbole_bet.grid.load import Grid, MethodSpec, cli_value
 
 CHECKPOINT = "checkpoint.pt"  # recbole_bet.methods.base.CHECKPOINT_FILENAME (not imported: it imports torch)
+PARTIAL = "interrupted.json"  # wall seconds of earlier attempts of a cell that will be resumed
 
 
 def fmt_sparsity(s: float) -> str:
@@ -66,6 +67,12 @@ class Cell:
         args += [f"--{k}={cli_value(v)}" for k, v in extra.items()]
         return args
 
+    @property
+    def parked_dir(self) -> Path:
+        """Where ``grid --park`` keeps this cell's checkpoint: under the results folder, which is committed, so an
+        interrupted cell resumes on another machine or in a fresh clone (run folders are not committed)."""
+        return self.grid.results_dir / "parked" / self.grid.name / self.id
+
     def log_base(self) -> Path:
         return self.grid.output_root / "logs" / self.id.replace("/", "__")
 
@@ -89,13 +96,15 @@ def select_cells(cells: list, only: list) -> list:
 
 def cell_state(cell: Cell) -> str:
     """done (report.json exists), resume (interrupted BET run with a checkpoint), rerun (a leftover
-    directory without report: deleted first), new."""
+    directory without report: deleted first), parked (no run folder, a checkpoint parked by ``--park``), new."""
     if cell.report_path.is_file():
         return "done"
     if cell.dir.exists():
         if cell.spec.method == "bet" and (cell.dir / CHECKPOINT).is_file():
             return "resume"
         return "rerun"
+    if cell.spec.method == "bet" and (cell.parked_dir / CHECKPOINT).is_file():
+        return "parked"
     return "new"
 
 

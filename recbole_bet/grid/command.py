@@ -13,6 +13,7 @@ import threading
 
 from recbole_bet.grid.cells import cell_state, grid_cells, select_cells, shown
 from recbole_bet.grid.load import GridError, bundled_grids, load_grid
+from recbole_bet.grid.parking import park
 from recbole_bet.grid.rows import previous_rows
 from recbole_bet.grid.running import describe, print_summary, run_local
 from recbole_bet.grid.tables import build_tables
@@ -32,6 +33,9 @@ def parse_args(argv: list, prog: str):
                              "comma-separated globs, e.g. --only='*/bet/*' (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and what would happen; run nothing")
     parser.add_argument("--tables-only", action="store_true", help="build the tables from finished cells; run nothing")
+    parser.add_argument("--park", action="store_true",
+                        help="copy the checkpoints of interrupted BET cells to RESULTS_DIR/parked/GRID/ (commit them: "
+                             "the cells then resume in any clone); run nothing")
     parser.add_argument("--output-root", default=None,
                         help="override the grid's output_root (relative paths: from the current folder)")
     parser.add_argument("--results-dir", default=None, help="override the grid's results_dir (default results)")
@@ -68,6 +72,19 @@ def _skip_committed(grid, cells: list) -> list:
     return [c for c in cells if c not in skipped]
 
 
+def _park(grid, only) -> int:
+    parked = park(select_cells(grid_cells(grid), only))
+    for cell in parked:
+        print(f"parked {cell.id} -> {shown(cell.parked_dir)}")
+    if parked:
+        where = shown(grid.results_dir / "parked" / grid.name)
+        print(f"{len(parked)} interrupted cell(s) parked: commit {where} (git add {where}) and run the grid again "
+              "in any clone to resume them")
+    else:
+        print("no interrupted BET cell (a checkpoint and no report.json) to park")
+    return 0
+
+
 def _run_cells(grid, args, only) -> tuple:
     """(exit status or None, failures)."""
     cells = select_cells(grid_cells(grid), only)
@@ -99,6 +116,8 @@ def main(argv=None, prog: str = PROG) -> int:
     try:
         grid = load_grid(args.grid, args.output_root, args.results_dir)
         failures = []
+        if args.park:
+            return _park(grid, only)
         if not args.tables_only:
             code, failures = _run_cells(grid, args, only)
             if code is not None:
@@ -109,7 +128,8 @@ def main(argv=None, prog: str = PROG) -> int:
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to continue (finished cells are skipped, an "
-              "interrupted BET cell resumes from its checkpoint)", file=sys.stderr)
+              "interrupted BET cell resumes from its checkpoint); to continue on another machine, add --park "
+              "to the same command and commit what it parks", file=sys.stderr)
         return 130
     finally:
         if in_main_thread:

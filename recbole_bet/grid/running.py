@@ -2,7 +2,8 @@
 executor, which runs the cells one after another.
 
 A cell whose report.json exists is never rerun; an interrupted BET cell (checkpoint.pt, no report.json)
-continues with ``--resume``; any other leftover directory is deleted and the cell runs again. ``run_cell`` is
+continues with ``--resume``, from its run folder or from the checkpoint ``grid --park`` left in the results
+folder (recbole_bet.grid.parking); any other leftover directory is deleted and the cell runs again. ``run_cell`` is
 also what a Ray task runs on a worker node (recbole_bet.grid.ray_executor), so both executors leave the same
 folders behind.
 """
@@ -21,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbole_bet.grid.cells import Cell, cell_state, load_json, stale_note
+from recbole_bet.grid.cells import PARTIAL, Cell, cell_state, load_json, shown, stale_note
+from recbole_bet.grid.parking import drop_parked, unpark
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-PARTIAL = "interrupted.json"  # wall seconds of earlier attempts of a cell that will be resumed
 CELL_COMMAND = ("-m", "recbole_bet", "run")  # after the interpreter: works from an installed package
 # Run before the cell's command in a Ray task: the cell gets SIGTERM when the Ray worker that started it dies
 # (ray stop, a cancelled or crashed task), instead of running on unseen. Set in the child itself, after fork:
@@ -146,6 +147,9 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     resumed, earlier, note = False, 0.0, ""
     if state == "rerun":
         _safe_rmtree(cell)
+    if state == "parked":
+        unpark(cell)
+        state = "resume"
     if state == "resume":
         earlier = (load_json(cell.dir / PARTIAL) or {}).get("wall_s", 0.0)
         code, seconds, err = _launch(cell, args + [f"--resume={cell.dir_arg}"], extra_args, die_with_parent)
@@ -172,6 +176,7 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     (cell.dir / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
     if (cell.dir / PARTIAL).exists():
         (cell.dir / PARTIAL).unlink()
+    drop_parked(cell)  # finished: its parked checkpoint would only resume a done cell
     return Outcome("done", seconds, code, resumed, log=err, note=note, host=host)
 
 
@@ -200,7 +205,8 @@ def describe(cells: list) -> dict:
             counts["skipped"] = counts.get("skipped", 0) + 1
             continue
         what = {"new": "would run", "rerun": "would rerun (leftover directory without report.json is deleted)",
-                "resume": "would resume (--resume, interrupted BET run)"}[state]
+                "resume": "would resume (--resume, interrupted BET run)",
+                "parked": f"would resume from the checkpoint parked in {shown(cell.parked_dir)}"}[state]
         print(line + what)
         print(f"      python {' '.join(CELL_COMMAND)} {shlex.join(cell.run_args())}", flush=True)
         counts[state] = counts.get(state, 0) + 1
