@@ -54,7 +54,7 @@ def test_tiny_grid_runs_resumes_and_survives_a_failing_cell(tmp_path):
     assert sorted(r["method"] for r in rows) == ["es", "mr"]
     assert all(float(r["test_recall@20"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
     md = (results / "ml-100k.md").read_text()
-    assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | from | conv. | seeds | wall |" in md
+    assert "| method | sparsity | realised | R@5 | N@5 | R@20 | N@20 | valid N@20 | from | conv. | seeds | wall |" in md
     assert all(r["selected_from"] == "1" and r["all_converged"] == "False" for r in rows)  # 1 epoch: the cap
     assert "| es | 0.9 |" in md and "| mr | 0.9 |" in md and "Produced by `python -m recbole_bet grid" in md
     assert "done" in _status_line(first.stdout, "ml-100k/LightGCN/es/0.9/seed2020")
@@ -191,7 +191,8 @@ def _fake_report(cell, r20, n20, seconds=10.0, budget_applied=True):
     cell.dir.mkdir(parents=True)
     metrics = {"recall@5": r20 / 2, "ndcg@5": n20 / 2, "recall@20": r20, "ndcg@20": n20}
     (cell.dir / "report.json").write_text(json.dumps({
-        "realized_sparsity": cell.sparsity, "kept_params": 100, "budget_params": 100, "valid": metrics,
+        "realized_sparsity": cell.sparsity, "kept_params": 100, "budget_params": 100,
+        "valid": {**metrics, "ndcg@20": n20 + 0.1},
         "budget_applied": budget_applied,
         "test": metrics, "timings_s": {"pretrain": 1.0, "search": 2.0, "retrain": 3.0, "total": seconds}}))
     (cell.dir / "cell.json").write_text(json.dumps({"wall_s": seconds + 1, "args": cell.run_args()}))
@@ -232,6 +233,8 @@ def test_tables_from_finished_cells(tmp_path):
     assert len(rows) == len(values)
     es = [values["es", 0.8, k] for k in (1, 2, 3)]
     assert f"{np.mean(es):.4f} ± {np.std(es, ddof=1):.4f}" in md
+    valid = [v / 2 + 0.1 for v in es]  # the validation NDCG@20 column, before from / conv. / seeds
+    assert f"| {np.mean(valid):.4f} ± {np.std(valid, ddof=1):.4f} | 1 | – | 3/3 |" in md
     bet = [values["bet", 0.8, k] for k in (1, 2, 3)]
     # the rival is es (best non-BET mean among methods that met the budget), not bet-random or esapn-none
     p = ttest_rel(bet, es).pvalue

@@ -45,6 +45,7 @@ def summarize(rows: list, expected: dict, model: str) -> tuple:
     for g in groups.values():
         g["seeds"] = {r["seed"]: r for r in g["rows"]}
         g["stats"] = {m: mean_std([r[f"test_{m}"] for r in g["rows"]]) for m in METRICS}
+        g["valid"] = mean_std([r.get("valid_ndcg@20") for r in g["rows"]])  # what every choice is made on
         g["realized"] = mean_std([r["realized_sparsity"] for r in g["rows"]])[0]
         g["budget_applied"] = all(r["budget_applied"] for r in g["rows"])
         froms = sorted({r.get("selected_from") or 1 for r in g["rows"]})

@@ -65,7 +65,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
              "seed). *realised* is the mean realised sparsity (1 - kept / full parameters). *from* is how many "
              "trainings each final model was chosen from on validation (BET: its top-k retrainings; `bet@1` is the "
              "first of them, the fittest action, at no extra cost). *conv.* is how many cells had every training "
-             "end by the convergence test rather than the epoch cap. *seeds* is finished / "
+             "end by the convergence test rather than the epoch cap. *valid N@20* is the validation NDCG@20 of the "
+             "final models, on which every setting is chosen (test metrics only report). *seeds* is finished / "
              "asked for by the grids. *wall* is the summed wall time of the cells' `run_bet.py` subprocesses "
              "(`cell.json`; the report's `timings_s.total` where that is missing). The best mean per sparsity "
              "and metric is in bold.", "",
@@ -85,7 +86,7 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             head.append(SHORT[m])
             if has_paper:
                 head.append(f"{SHORT[m]} paper")
-        head += ["from", "conv.", "seeds", "wall"]
+        head += ["valid N@20", "from", "conv.", "seeds", "wall"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|"]
         for s in sparsities:
             best = {}
@@ -110,7 +111,7 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                     if has_paper:
                         value = paper.get(model, {}).get(label, {}).get(s, {}).get(m)
                         cells.append("–" if value is None else f"{value:.4f}")
-                cells += [g["selected_from"], g["converged"], f"{len(g['rows'])}/{g['expected']}",
+                cells += [_fmt_ms(*g["valid"]), g["selected_from"], g["converged"], f"{len(g['rows'])}/{g['expected']}",
                           _fmt_wall(g["wall"])]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
