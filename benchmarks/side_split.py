@@ -53,9 +53,11 @@ def entry_key(e: dict) -> str:
     return f"{e['model']}/{e['dataset']}/{e['sparsity']:g}/seed{e['seed']}/share{e['share']:g}"
 
 
-def write_md(path: Path, entries: list, command: str) -> None:
+def write_md(path: Path, entries: list) -> None:
+    commands = list(dict.fromkeys(e["command"] for e in entries if e.get("command")))
     lines = ["# Budget split between users and items: equal sizes within each side", "",
-             f"Produced by `{command}` (benchmarks/side_split.py; its docstring says what is trained).", "",
+             "Produced by (benchmarks/side_split.py; its docstring says what is trained):", "",
+             *[f"    {c}" for c in commands], "",
              "Each row: one training from scratch under the training protocol (window 100, at most 1000 epochs), "
              "the seed's initial weights (those of BET's retrainings and of ES in the same seed). *user share* is "
              "the users' fraction of the kept units as trained (after clipping to [d_min, d_max]).", "",
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/side-split-ml-100k", help="writes OUT.json and OUT.md")
     p.add_argument("--epochs", type=int, default=None, help="the protocol's epoch cap (default: properties/)")
     args = p.parse_args(argv)
-    command = "python benchmarks/side_split.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 python benchmarks/side_split.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from perf import make_ctx
     from recbole_bet.training import pick
@@ -105,10 +107,10 @@ def main(argv=None) -> int:
                  "kept_units": int(sizes.sum()), "budget_units": int(b.budget_units),
                  "valid": pick(valid, METRICS), "test": pick(test, METRICS), "seconds": seconds,
                  "epochs": training.get("epochs"), "best_epoch": training.get("best_epoch"),
-                 "converged": training.get("converged")}
+                 "converged": training.get("converged"), "command": command}
         entries[entry_key(entry)] = entry
         out_json.write_text(json.dumps(list(entries.values()), indent=1) + "\n")
-        write_md(out_md, list(entries.values()), command)
+        write_md(out_md, list(entries.values()))
         print(f"  valid N@20 {entry['valid']['ndcg@20']:.4f}, test R@20 {entry['test']['recall@20']:.4f}, "
               f"{seconds / 60:.1f} min", file=sys.stderr, flush=True)
     return 0
