@@ -7,9 +7,10 @@ budget to users, each split trained from scratch under the training protocol (as
 BET's chosen actions on ml-100k LightGCN put 90-98% of the budget on users or 97-99% on items, depending on the
 seed (docs/reproduction.md, "Where BET's budget goes"). This separates the split from the sizes within a side: if
 "users take nearly everything, at equal sizes" trains as well as BET's chosen action, the search's gain is the
-split. A share is clipped so that both sides give every row between d_min and d_max (``budget.split_total``);
-within a side every row gets the side's total divided equally, the remainder one unit each to its most frequent
-rows, so the budget is used to the unit. ES's share is n_users / (n_users + n_items) (0.36 on ml-100k).
+split. The sizes are ``budget.split_equal_sizes`` (also ES's ``es_user_share``): a share is clipped so that both
+sides give every row between d_min and d_max; within a side every row gets the side's total divided equally, the
+remainder one unit each to its most frequent rows, so the budget is used to the unit. ES's share is
+n_users / (n_users + n_items) (0.36 on ml-100k).
 
 Appends one entry per (model, dataset, sparsity, seed, share) to ``<out>.json`` (replacing an older one) and
 rewrites ``<out>.md`` from all entries. Progress goes to stderr.
@@ -22,31 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 METRICS = ("recall@20", "ndcg@20")
-
-
-def side_sizes(total: int, n: int, freq, d_min: int, d_max: int) -> np.ndarray:
-    """Equal sizes summing to ``total`` over ``n`` rows: the quotient each, the remainder to the most frequent."""
-    size, rest = divmod(int(total), n)
-    sizes = np.full(n, size, dtype=np.int64)
-    sizes[np.argsort(-np.asarray(freq, dtype=np.float64), kind="stable")[:rest]] += 1
-    if sizes.min() < d_min or sizes.max() > d_max:
-        raise ValueError(f"a side of {n} rows cannot hold {total} units within [{d_min}, {d_max}]")
-    return sizes
-
-
-def split_sizes(budget, share: float, user_freq, item_freq) -> np.ndarray:
-    from recbole_bet.budget import split_total
-
-    user_total, item_total = (int(t[0]) for t in split_total(np.array([share]), budget))
-    return np.concatenate([side_sizes(user_total, budget.n_users, user_freq, budget.d_min, budget.d_max),
-                           side_sizes(item_total, budget.n_items, item_freq, budget.d_min, budget.d_max)])
 
 
 def entry_key(e: dict) -> str:
@@ -86,6 +68,7 @@ def main(argv=None) -> int:
     command = "OMP_NUM_THREADS=1 python benchmarks/side_split.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from perf import make_ctx
+    from recbole_bet.budget import split_equal_sizes
     from recbole_bet.training import pick
 
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
@@ -94,7 +77,7 @@ def main(argv=None) -> int:
     ctx = make_ctx(args.model, args.dataset, "cpu", sparsity=args.sparsity, seed=args.seed, **extra)
     b = ctx.budget
     for share in (float(s) for s in args.shares.split(",")):
-        sizes = split_sizes(b, share, ctx.user_freq, ctx.item_freq)
+        sizes = split_equal_sizes(b, share, ctx.user_freq, ctx.item_freq)
         print(f"[side_split {time.strftime('%H:%M:%S')}] share {share:g}: users {sizes[:b.n_users].mean():.1f}, "
               f"items {sizes[b.n_users:].mean():.1f} per row", file=sys.stderr, flush=True)
         n_trainings = len(ctx.trainings)

@@ -322,6 +322,21 @@ def equal_sizes(budget: Budget, user_freq=None, item_freq=None) -> np.ndarray:
     return sizes
 
 
+def split_equal_sizes(budget: Budget, user_share: float, user_freq, item_freq) -> np.ndarray:
+    """Equal sizes within each side, the users' side holding about ``user_share`` of the budget (clipped so that
+    every row of both sides stays within [d_min, d_max], as ``split_total`` does). Each side's total is divided
+    equally; its remainder goes one unit each to the side's most frequent rows (ties: lower id), so the budget
+    is used to the unit."""
+    user_total, item_total = (int(t[0]) for t in split_total(np.array([float(user_share)]), budget))
+    sides = []
+    for total, n, freq in ((user_total, budget.n_users, user_freq), (item_total, budget.n_items, item_freq)):
+        size, rest = divmod(total, n)
+        sizes = np.full(n, size, dtype=np.int64)
+        sizes[np.argsort(-np.asarray(freq, dtype=np.float64), kind="stable")[:rest]] += 1
+        sides.append(sizes)
+    return np.concatenate(sides)
+
+
 def keep_top_entries(scores: np.ndarray, budget: Budget, min_per_row: int | None = None) -> np.ndarray:
     """Element mask (n_entities x d_max, bool) keeping the highest-scoring entries within the budget.
 

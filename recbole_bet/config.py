@@ -207,6 +207,10 @@ def validate(config) -> None:
                          ("bet_retrain_schedule", ("top_k", "halving"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
+    share = config["es_user_share"]
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
+        raise BadInput(f"es_user_share must be a number in [0, 1] (the users' share of the budget) or null "
+                       f"(every row the same size), got {share!r}")
     window = config["convergence_window"]
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise BadInput(f"convergence_window must be an integer >= 0 (epochs; 0: RecBole's patience rule), got {window!r}")

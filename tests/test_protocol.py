@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import QUICK, make_context, run_cli
-from recbole_bet.budget import equal_sizes, make_budget
+from recbole_bet.budget import equal_sizes, make_budget, split_equal_sizes
+from recbole_bet.export import load_artifact
 from recbole_bet.training import Convergence
 
 
@@ -199,3 +201,35 @@ def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_roun
     assert first["valid_quality"] <= max(e["valid_quality"] for e in short)
     labels = [t["label"] for t in ctx.trainings[-3:]]
     assert labels == [f"halving, action {k}" for k in (1, 2, 3)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_users=st.integers(1, 30), n_items=st.integers(1, 30), sparsity=st.floats(0.05, 0.9),
+       share=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_split_equal_sizes_fill_the_budget_with_one_size_a_side(n_users, n_items, sparsity, share, seed):
+    b = make_budget(sparsity, 16, 1, n_users, n_items, 1)
+    rng = np.random.default_rng(seed)
+    freq_u, freq_i = rng.integers(0, 50, n_users), rng.integers(0, 50, n_items)
+    sizes = split_equal_sizes(b, share, freq_u, freq_i)
+    assert b.fits(sizes) and sizes.sum() == b.budget_units  # to the unit, within [d_min, d_max]
+    for side, freq in ((sizes[:n_users], freq_u), (sizes[n_users:], freq_i)):
+        assert side.max() - side.min() <= 1  # one size a side, give or take the remainder
+        if side.max() > side.min():  # the remainder went to the most frequent rows
+            assert freq[side > side.min()].min() >= freq[side == side.min()].max()
+    low, high = max(n_users, b.budget_units - 16 * n_items), min(16 * n_users, b.budget_units - n_items)
+    assert sizes[:n_users].sum() == min(max(round(share * b.budget_units), low), high)  # the share, clipped
+
+
+def test_es_user_share_gives_the_users_that_share(tmp_path):
+    """--es_user_share=1: items at d_min, the rest of the budget to the users at one size; in the artifact too."""
+    out = tmp_path / "run"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", "--method=es", f"--config_files={QUICK}", "--epochs=1",
+                   "--sparsity=0.9", "--es_user_share=1", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept_params"] == report["budget_params"] and report["config"]["es_user_share"] == 1
+    ctx = make_context("LightGCN", tmp_path, method="es")
+    load_artifact(str(out / "table.npz"), ctx.model, ctx.masked, "LightGCN", "ml-100k")
+    users, items = ctx.masked.sizes[:ctx.budget.n_users], ctx.masked.sizes[ctx.budget.n_users:]
+    assert set(np.unique(items)) == {1} and users.max() - users.min() == 1
+    assert users.sum() == ctx.budget.budget_units - ctx.budget.n_items

@@ -5,17 +5,20 @@ import numpy as np
 
 from time import perf_counter
 
-from recbole_bet.budget import allocate_sorted, equal_sizes
+from recbole_bet.budget import allocate_sorted, equal_sizes, split_equal_sizes
 from recbole_bet.methods.base import Selection, SizeBaseline
 from recbole_bet.pretrain import pretrained
 
 
 class EqualSizes(SizeBaseline):
-    """ES: every row the same size, the largest that fits."""
+    """ES: every row the same size, the largest that fits; with ``es_user_share``, one size for the users and
+    one for the items, the users holding that share of the budget."""
 
     name = "es"
 
     def propose(self, ctx):
+        if ctx.config["es_user_share"] is not None:
+            return split_equal_sizes(ctx.budget, ctx.config["es_user_share"], ctx.user_freq, ctx.item_freq)
         if ctx.config["es_fill"] == "frequency":
             return equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
         return equal_sizes(ctx.budget)
