@@ -204,7 +204,8 @@ def validate(config) -> None:
                          ("sseds_init", ("pretrained", "scratch")), ("bet_sampler", ("exact", "paper")),
                          ("bet_distribution_draw", ("per_candidate", "per_iteration")),
                          ("bet_retrain_init", ("scratch", "pretrained")),
-                         ("bet_retrain_schedule", ("top_k", "halving"))):
+                         ("bet_retrain_schedule", ("top_k", "halving")),
+                         ("bet_retrain_pick", ("fittest", "both_sides"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
     share = config["es_user_share"]

@@ -160,13 +160,17 @@ def test_bet_levers_paper_sampler_per_iteration_draws_and_warm_retraining(tmp_pa
     out = tmp_path / "bet"
     proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2",
                    "--method=bet", "--sparsity=0.8", "--bet_sampler=paper", "--bet_distribution_draw=per_iteration",
-                   "--bet_retrain_init=pretrained", f"--pretrain_cache_dir={tmp_path / 'cache'}",
-                   f"--output_dir={out}")
+                   "--bet_retrain_init=pretrained", "--bet_retrain_pick=both_sides",
+                   f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     search = report["search"]
-    assert (search["sampler"], search["distribution_draw"], search["retrain_init"]) == \
-        ("paper", "per_iteration", "pretrained")
+    assert (search["sampler"], search["distribution_draw"], search["retrain_init"], search["retrain_pick"]) == \
+        ("paper", "per_iteration", "pretrained", "both_sides")
+    fittest = max(search["iterations"], key=lambda it: (it["fitness"], -it["t"]))
+    sides = {it["user_share"] >= 0.5 for it in search["iterations"]}
+    retrained_sides = {e["user_share"] >= 0.5 for e in search["retrained"]}
+    assert search["retrained"][0]["t"] == fittest["t"] and retrained_sides == sides  # both sides when there are two
     labels = [t["label"] for t in report["trainings"]]
     assert labels[0] == "pretrain" and labels[1:] == ["from pretrained"] * len(search["retrained"])
     assert report["kept_params"] <= report["budget_params"]
@@ -233,3 +237,25 @@ def test_es_user_share_gives_the_users_that_share(tmp_path):
     users, items = ctx.masked.sizes[:ctx.budget.n_users], ctx.masked.sizes[ctx.budget.n_users:]
     assert set(np.unique(items)) == {1} and users.max() - users.min() == 1
     assert users.sum() == ctx.budget.budget_units - ctx.budget.n_items
+
+
+def test_retraining_from_both_sides_of_the_split():
+    """bet_retrain_pick=both_sides: ceil(k/2) fittest of the fittest action's side, floor(k/2) of the other,
+    a short side's places to the other, fittest first; duplicates count once."""
+    from recbole_bet.methods.bet.loop import Member, SearchState
+
+    def member(t, users, items, fitness):  # two users, two items
+        sizes = np.array([users, users, items, items])
+        return Member(t, "random", sizes, None, fitness, None, int(sizes.sum()), 0.0)
+
+    users_heavy = [member(t, 9 - t, 1, f) for t, f in enumerate((0.99, 0.98, 0.97, 0.96))]
+    items_heavy = [member(4 + t, 1, 9 - t, f) for t, f in enumerate((0.90, 0.80))]
+    state = SearchState(population=users_heavy[:1] + [users_heavy[0]] + users_heavy[1:] + items_heavy)
+    assert [m.t for m in state.top(5)] == [0, 1, 2, 3, 4]
+    assert [m.t for m in state.top_both_sides(5, n_users=2)] == [0, 1, 2, 4, 5]
+    assert [m.t for m in state.top_both_sides(4, n_users=2)] == [0, 1, 4, 5]
+    assert [m.t for m in state.top_both_sides(1, n_users=2)] == [0]
+    one_side = SearchState(population=users_heavy)
+    assert [m.t for m in one_side.top_both_sides(3, n_users=2)] == [0, 1, 2]
+    few_same = SearchState(population=users_heavy[:1] + items_heavy)
+    assert [m.t for m in few_same.top_both_sides(3, n_users=2)] == [0, 4, 5]

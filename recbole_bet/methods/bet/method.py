@@ -102,7 +102,9 @@ class BET(Method):
 
         save_retrain.since = retrain_start
         evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
-        top = state.top(config["bet_retrain_top_k"])
+        k = config["bet_retrain_top_k"]
+        top = state.top_both_sides(k, ctx.budget.n_users) if config["bet_retrain_pick"] == "both_sides" \
+            else state.top(k)
         if config["bet_retrain_schedule"] == "halving":  # restarts from its first round after an interruption
             retrained, chosen, (sizes, weights, valid) = retrain_halving(
                 top, ctx, retrain_start(ctx, pre_state), config["bet_halving_epochs"], evaluate_test)
@@ -129,6 +131,7 @@ class BET(Method):
             "finetune_steps_per_probe": len(finetune_data) * epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
+            "retrain_pick": config["bet_retrain_pick"],
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
