@@ -41,10 +41,10 @@ def ray_address():
             ray.shutdown()
 
 
-def _grid_file(tmp_path, **changes) -> Path:
+def _grid_file(tmp_path, folder="grids", **changes) -> Path:
     spec = {**yaml.safe_load(TINY.read_text()), "output_root": str(tmp_path / "runs"),
             "results_dir": str(tmp_path / "results"), **changes}
-    path = tmp_path / "grids" / "g.yaml"
+    path = tmp_path / folder / "g.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -167,8 +167,11 @@ def test_a_killed_cell_is_reported_and_an_interrupted_run_resumes(ray_address, t
     assert _gone(cell)  # the cell died with its worker rather than run on unseen
     es_report = (runs / "es" / "0.9" / "seed2020" / "report.json").stat().st_mtime_ns
 
-    # 2. the same command again, interrupted (Ctrl-C) while mr runs: mr's subprocess is stopped too
-    driver = _driver(*args)
+    # 2. the grid again, interrupted (Ctrl-C) while mr runs: mr's subprocess is stopped too. Here mr trains
+    # 500 epochs with no early stop, so that on a loaded machine it cannot finish before the Ctrl-C lands
+    long_mr = {"label": "mr", "method": "mr", "config": {"epochs": 500, "convergence_window": 1000}}
+    slow = _grid_file(tmp_path, folder="slow", resources={"num_cpus": 2}, methods=["es", long_mr])
+    driver = _driver(f"--grid={slow}", "--executor=ray", f"--ray_address={ray_address}")
     cell, _ = _cell_process(runs / "mr" / "0.9" / "seed2020")
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=300)
@@ -176,7 +179,7 @@ def test_a_killed_cell_is_reported_and_an_interrupted_run_resumes(ray_address, t
     assert "skipped" in _line(out, "/es/0.9/") and "interrupted: run the same command again" in err
     assert _gone(cell) and not (runs / "mr" / "0.9" / "seed2020" / "report.json").exists()
 
-    # 3. and again: es is not rerun, mr finishes
+    # 3. and the first grid again: es is not rerun, mr (its interrupted folder deleted) runs again and finishes
     driver = _driver(*args)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, out + err
