@@ -69,8 +69,8 @@ class SearchState:
         side its floor(k/2) fittest; a side with too few members leaves its places to the other. Fittest first.
 
         Why: on ml-100k LightGCN the fittest actions all put nearly the whole budget on one side, which side
-        varies with the seed, and the two sides retrain 0.013-0.021 test Recall@20 apart (docs/reproduction.md),
-        while five retrainings of one side end within 0.5% of each other on validation."""
+        varies with the seed, and the two sides retrain 0.010-0.023 test Recall@20 apart (docs/reproduction.md),
+        while five retrainings of one side end within 0.7% of each other on validation NDCG@20."""
         ranked = self.ranked()
         if not ranked:
             return []
