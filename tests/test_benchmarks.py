@@ -1,4 +1,4 @@
-"""benchmarks/mask_overhead.py runs and writes what docs/performance.md cites (no timing is asserted)."""
+"""The benchmark scripts run and write what docs/performance.md cites (no timing is asserted)."""
 import json
 import subprocess
 import sys
@@ -25,3 +25,15 @@ def test_mask_overhead_writes_its_tables(tmp_path):
                                          for g in ("dense", "90pct_zero")}
     table = (tmp_path / "mask_overhead-ml-100k.md").read_text()
     assert "| NeuMF | mixed |" in table and "fused adam" in table and "python benchmarks/mask_overhead.py" in table
+
+
+def test_small_data_speed_writes_its_tables(tmp_path):
+    """The NeuMF block sizes score alike (the table's NDCG column and max abs diff), and the tables are written."""
+    proc = subprocess.run([sys.executable, "benchmarks/small_data_speed.py", "--repeats=1", "--catalogue_items=3000",
+                           f"--out={tmp_path / 'speed'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "speed.json").read_text())
+    assert len(set(out["neumf_validation"]["valid_ndcg@20"].values())) == 1
+    assert all(diff < 1e-4 for diff in out["large_catalogue"]["max_abs_diff"].values())
+    table = (tmp_path / "speed.md").read_text()
+    assert "| 2^18 |" in table and "mode around forward" in table and "3,000-item catalogue" in table

@@ -114,6 +114,38 @@ def test_scored_embeddings_are_masked(stepped):
             assert torch.all(ego[users.shape[0]:][items == 0] == 0)
 
 
+def test_pair_blocks_cover_every_user_item_pair_once():
+    """The scoring blocks tile users x items exactly, whether a block holds several users' whole rows or a
+    part of one user's row (large catalogues), and none exceeds the device's chunk."""
+    from recbole_bet import models
+
+    for chunk, n_users, n_items, per_pair in ((1000, 7, 30, 4), (1000, 7, 600, 4), (1 << 18, 5, 1683, 128)):
+        seen = torch.zeros(n_users, n_items, dtype=torch.int64)
+        old = models._CHUNK_ELEMENTS["cpu"]
+        models._CHUNK_ELEMENTS["cpu"] = chunk
+        try:
+            for us, its in models._pair_blocks(n_users, n_items, per_pair, torch.device("cpu")):
+                seen[us, its] += 1
+                assert seen[us, its].numel() * per_pair <= max(chunk, n_items * per_pair)
+        finally:
+            models._CHUNK_ELEMENTS["cpu"] = old
+        assert torch.all(seen == 1), (chunk, n_users, n_items)
+
+
+@pytest.mark.parametrize("stepped", ["NeuMF"], indirect=True)
+def test_neumf_full_sort_is_the_same_in_any_block_size(stepped, monkeypatch):
+    from recbole_bet import models
+
+    model = stepped.ctx.model
+    model.eval()
+    users = Interaction({model.USER_ID: torch.tensor([1, 2, 50, 400, 943])})
+    with torch.no_grad():
+        default = model.full_sort_predict(users)
+        monkeypatch.setitem(models._CHUNK_ELEMENTS, "cpu", 500 * 128)  # a user's row in four blocks
+        small = model.full_sort_predict(users)
+    torch.testing.assert_close(small, default, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("stepped", ["NeuMF"], indirect=True)
 def test_neumf_chunked_full_sort_ranks_like_predict(stepped):
     model = stepped.ctx.model
@@ -508,6 +540,7 @@ def test_symmetric_backward_reroutes_the_graph_products_with_the_same_gradients(
             loss.backward()
         grads.append([p.grad.clone() for p in ctx.model.parameters()])
     assert "_SymmetricSparseMMBackward" not in nodes[0] and "_SymmetricSparseMMBackward" in nodes[1]
+    assert "forward" not in vars(ctx.model)  # the model's own forward again once the context is left
     for (name, _), plain, rerouted in zip(ctx.model.named_parameters(), *grads):
         torch.testing.assert_close(rerouted, plain, rtol=1e-5, atol=1e-7, msg=name)
     neumf = make_context("NeuMF", tmp_path / "neumf")
