@@ -337,6 +337,33 @@ def split_equal_sizes(budget: Budget, user_share: float, user_freq, item_freq) -
     return np.concatenate(sides)
 
 
+def size_summary(budget: Budget, sizes, pair_users=None, pair_items=None, keep=None) -> dict:
+    """Where a selection's units go: the users' share of them, each side's mean / min / max size and, given the
+    training pairs (0-based user and item indices), the mean over pairs of the columns both rows keep (min(d_u,
+    d_i) for prefix sizes; with an element mask ``keep``, n_entities x d_max, the columns kept by both): what a
+    dot product of the two stored vectors, or NeuMF's GMF, can use for the pair. ``pair_mean`` is the mean of
+    (d_u + d_i) / 2 beside it."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    user, item = sizes[: budget.n_users], sizes[budget.n_users:]
+    total = int(sizes.sum())
+    out = {"user_share": round(float(user.sum()) / total, 4) if total else 0.0}
+    for side, part in (("users", user), ("items", item)):
+        out[side] = {"mean": round(float(part.mean()), 3), "min": int(part.min()), "max": int(part.max())}
+    if pair_users is None or pair_items is None or not len(pair_users):
+        return out
+    pair_users, pair_items = np.asarray(pair_users), np.asarray(pair_items)
+    if keep is None:
+        shared = np.minimum(user[pair_users], item[pair_items]).mean()
+    else:
+        keep = np.asarray(keep, dtype=bool)
+        step = max(1, (1 << 22) // budget.d_max)  # bounded memory on large data
+        shared = sum(int((keep[pair_users[i:i + step]] & keep[budget.n_users + pair_items[i:i + step]]).sum())
+                     for i in range(0, len(pair_users), step)) / len(pair_users)
+    out["pair_shared_mean"] = round(float(shared), 3)
+    out["pair_mean"] = round(float((user[pair_users] + item[pair_items]).mean() / 2), 3)
+    return out
+
+
 def keep_top_entries(scores: np.ndarray, budget: Budget, min_per_row: int | None = None) -> np.ndarray:
     """Element mask (n_entities x d_max, bool) keeping the highest-scoring entries within the budget.
 

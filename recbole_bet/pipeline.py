@@ -12,7 +12,7 @@ import numpy as np
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_local_time, init_logger, init_seed
 
-from recbole_bet.budget import make_budget
+from recbole_bet.budget import make_budget, size_summary
 from recbole_bet.config import make_config
 from recbole_bet.context import RunContext, context_from
 from recbole_bet.errors import BadInput
@@ -69,6 +69,13 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _training_pairs(ctx: RunContext):
+    """0-based (user, item) indices of the training interactions (RecBole's ids less the padding row)."""
+    dataset = ctx.train_data.dataset
+    inter = dataset.inter_feat
+    return inter[dataset.uid_field].numpy() - 1, inter[dataset.iid_field].numpy() - 1
+
+
 def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: dict) -> dict:
     b, config = ctx.budget, ctx.config
     kept = b.kept_params(selection.sizes)
@@ -80,6 +87,8 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         "realized_sparsity": b.realized_sparsity(kept),
         # false where the method's settings ignore the budget (esapn_budget=none): kept_params may exceed it
         "budget_applied": bool(selection.budget_applied),
+        # where the kept units went: users' share, per-side sizes, the pairs' usable width (docs/config.md)
+        "sizes": size_summary(b, selection.sizes, *_training_pairs(ctx), keep=selection.keep),
         "valid": pick(valid), "test": pick(test),
         "search": selection.search,
         # every training to convergence of this run: epochs, best epoch, whether it converged or hit the cap

@@ -209,3 +209,22 @@ def test_memory_budget_turns_bytes_into_parameters():
     with pytest.raises(BadInput, match="smallest feasible memory_budget here is 22400 bytes"):
         make_memory_budget(20_500, overhead_bytes=20_000, d_max=64, d_min=1, n_users=100, n_items=200,
                            tables_per_entity=2)
+
+
+def test_size_summary_counts_the_columns_each_training_pair_shares():
+    """Prefix sizes share min(d_u, d_i) columns per pair; element masks share the columns both rows keep."""
+    from recbole_bet.budget import size_summary
+
+    b = make_budget(0.5, 4, 1, 2, 2, 1)
+    sizes = np.array([3, 1, 2, 4])  # users 3, 1; items 2, 4
+    users, items = np.array([0, 0, 1]), np.array([0, 1, 1])
+    summary = size_summary(b, sizes, users, items)
+    assert summary["user_share"] == 0.4
+    assert summary["users"] == {"mean": 2.0, "min": 1, "max": 3} and summary["items"]["max"] == 4
+    assert summary["pair_shared_mean"] == 2.0  # (min(3,2) + min(3,4) + min(1,4)) / 3
+    assert summary["pair_mean"] == round((2.5 + 3.5 + 2.5) / 3, 3)
+    keep = np.arange(4)[None, :] < sizes[:, None]
+    assert size_summary(b, sizes, users, items, keep=keep)["pair_shared_mean"] == 2.0
+    keep[3] = [False, False, True, True]  # item 1 keeps its last two columns: shares 1 with user 0, 0 with user 1
+    assert size_summary(b, sizes, users, items, keep=keep)["pair_shared_mean"] == 1.0
+    assert "pair_shared_mean" not in size_summary(b, sizes)

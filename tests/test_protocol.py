@@ -116,6 +116,14 @@ def test_warm_and_cold_controls_and_bet_at_1(tmp_path):
     cold = reports["sseds-cold"]
     assert cold["search"]["init"] == "scratch" and cold["trainings"][-1]["label"] == "sseds retrain from scratch"
     assert cold["trainings"][0]["cached"] is True  # es-warm's pretraining served SSEDS too
+    for name, report in reports.items():  # where the units went: users' share, per-side sizes, pairs' width
+        sizes = report["sizes"]
+        kept_units = report["kept_params"] // report["tables_per_entity"]
+        users_units = sizes["users"]["mean"] * report["n_users"]
+        assert abs(users_units - sizes["user_share"] * kept_units) <= 0.01 * kept_units, name
+        assert 0 < sizes["pair_shared_mean"] <= sizes["pair_mean"], name
+    es_sizes = reports["es"]["sizes"]
+    assert es_sizes["users"]["max"] - es_sizes["items"]["min"] <= 1  # equal sizes, the fill rule's one unit
     bet = reports["bet"]
     retrained = bet["search"]["retrained"]
     assert len(retrained) == 2 and all(set(r["test"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
