@@ -8,6 +8,10 @@
    every training epoch under the protocol, so on ml-100k it is as large as the epoch itself.
 2. A LightGCN ml-100k training epoch with the symmetric-backward torch-function mode entered around the whole
    epoch (as before) or around the model's forward only (``models.symmetric_backward`` now).
+3. LightGCN ml-100k trainings with fixed masks (``--trim_epochs`` epochs, a validation after each, from the same
+   fresh weights) at full width and with ``trim_columns`` (on the kept columns only): equal sizes at 0.9 and one
+   size per side with the users holding the whole budget (what BET's chosen actions look like there); seconds,
+   the best validation NDCG@20 and the largest difference between the two trainings' weights.
 
 Timings are medians of interleaved repeats (so that the machine's load drifts alike over the variants); the load
 average is recorded beside them. Writes ``<out>.json`` and ``<out>.md``.
@@ -120,9 +124,32 @@ def lightgcn_epoch(repeats: int) -> dict:
                                    repeats)}
 
 
+def trimmed_trainings(epochs: int) -> dict:
+    from perf import make_ctx
+
+    from recbole_bet.budget import equal_sizes, split_equal_sizes
+
+    arms = {"equal sizes": lambda ctx: equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq),
+            "users hold the budget": lambda ctx: split_equal_sizes(ctx.budget, 1.0, ctx.user_freq, ctx.item_freq)}
+    out = {}
+    ctx = make_ctx("LightGCN", "ml-100k", "cpu", sparsity=0.9, epochs=epochs, convergence_window=0,
+                   stopping_step=10 ** 6)
+    for arm, sizes_of in arms.items():
+        runs = {}
+        for trim in (False, True):  # both from the initial weights, RNGs reseeded (train_from)
+            ctx.trimmer.enabled = trim
+            state, valid, seconds = ctx.train_from_scratch(sizes_of(ctx))
+            runs[trim] = (state, valid, seconds, ctx.trainings[-1].get("columns", ctx.masked.d_max))
+        diff = max(float((runs[True][0][k] - runs[False][0][k]).abs().max()) for k in runs[False][0])
+        out[arm] = {"epochs": epochs, "full_s": round(runs[False][2], 2), "trimmed_s": round(runs[True][2], 2),
+                    "columns": runs[True][3], "full_valid_ndcg@20": runs[False][1]["ndcg@20"],
+                    "trimmed_valid_ndcg@20": runs[True][1]["ndcg@20"], "max_abs_weight_diff": diff}
+    return out
+
+
 def write_md(path: Path, out: dict) -> None:
     nv, lc, lg = out["neumf_validation"], out["large_catalogue"], out["lightgcn_epoch"]["seconds"]
-    lines = ["# Small-data speed: NeuMF validation blocks, LightGCN's torch-function mode", "",
+    lines = ["# Small-data speed: NeuMF validation blocks, LightGCN's torch-function mode, trimmed columns", "",
              "Produced by", "", "```", out["command"], "```", "",
              f"{out['when']}, {out['machine']}, {out['threads']} thread(s); load average before / after: "
              f"{out['load_before']} / {out['load_after']}. Medians of {out['repeats']} interleaved repeats.", "",
@@ -136,6 +163,12 @@ def write_md(path: Path, out: dict) -> None:
     lines += ["", "## LightGCN ml-100k training epoch (equal sizes at 0.9, batch 2048)", "",
               "| symmetric-backward mode entered | epoch s |", "|---|--:|"]
     lines += [f"| {name} | {s} |" for name, s in lg.items()]
+    lines += ["", "## LightGCN ml-100k trainings with fixed masks: full width and `trim_columns` (sparsity 0.9)", "",
+              "| sizes | epochs | columns kept | full width s | trimmed s | valid NDCG@20 full / trimmed | "
+              "max abs weight diff |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for arm, r in out["trimmed_trainings"].items():
+        lines.append(f"| {arm} | {r['epochs']} | {r['columns']} | {r['full_s']} | {r['trimmed_s']} | "
+                     f"{r['full_valid_ndcg@20']:.6f} / {r['trimmed_valid_ndcg@20']:.6f} | {r['max_abs_weight_diff']:.2g} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -144,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results/small-data-speed")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--catalogue_items", type=int, default=41000, help="items of the synthetic catalogue")
+    parser.add_argument("--trim_epochs", type=int, default=100, help="epochs of each fixed-mask training")
     args = parser.parse_args(argv)
     out = {"command": "OMP_NUM_THREADS=1 python benchmarks/small_data_speed.py " + " ".join(argv or sys.argv[1:]),
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
@@ -155,6 +189,8 @@ def main(argv=None) -> int:
     out["large_catalogue"] = large_catalogue(args.repeats, n_items=args.catalogue_items)
     log("LightGCN epoch")
     out["lightgcn_epoch"] = lightgcn_epoch(args.repeats)
+    log(f"fixed-mask trainings, {args.trim_epochs} epochs, full width and trimmed")
+    out["trimmed_trainings"] = trimmed_trainings(args.trim_epochs)
     out["load_after"] = [round(x, 2) for x in os.getloadavg()]
     base = Path(args.out)
     base.parent.mkdir(parents=True, exist_ok=True)

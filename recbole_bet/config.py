@@ -192,6 +192,8 @@ def validate(config) -> None:
             validate_budget_keys(sparsity, config["d_max"], config["d_min"])
     if not isinstance(config["fused_adam"], bool):
         raise BadInput(f"fused_adam must be true or false, got {config['fused_adam']!r}")
+    if not isinstance(config["trim_columns"], bool):
+        raise BadInput(f"trim_columns must be true or false, got {config['trim_columns']!r}")
     for key in ("bet_iterations", "bet_candidates", "bet_finetune_epochs", "bet_retrain_top_k",
                 "bet_predictor_updates", "bet_predictor_batch_size", "bet_halving_epochs"):
         _positive_int(config, key)
@@ -449,6 +451,7 @@ _NOT_PRETRAIN_KEYS = {
     "show_progress", "checkpoint_dir", "pretrain_cache_dir", "log_wandb", "wandb_project", "worker",
     "eval_batch_size", "config_files", "resume", "local_rank", "world_size", "nproc", "offset", "ip", "port",
     "backend", "single_spec", "data_path",
+    "trim_columns",  # how fixed-mask trainings run; pretraining is at full width
 }
 
 

@@ -17,6 +17,7 @@ from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict, tab
 from recbole_bet.methods import get_method_class
 from recbole_bet.models import attach_full_sort, use_csr_adjacency
 from recbole_bet.training import Scorer, train_to_convergence
+from recbole_bet.trimming import Trimmer
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunContext:
     # one entry per training to convergence in this run (Convergence.record plus label and seconds): the report's
     # "trainings", so a reader sees whether each converged or hit the epoch cap
     trainings: list = field(default_factory=list)
+    trimmer: Trimmer | None = None  # trains fixed-mask LightGCN actions on their kept columns (trim_columns)
 
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
@@ -60,9 +62,19 @@ class RunContext:
         """Train to convergence from ``state`` with the given prefix sizes or element mask fixed, RNGs reseeded
         first: (trained weights, validation result, seconds)."""
         start = perf_counter()
-        self.reseed()
-        self.masked.load(state, sizes, keep)
-        valid = self.train_to_convergence(label)
+        columns = self.trimmer.columns(sizes, keep) if self.trimmer is not None else None
+        if columns is None:
+            self.reseed()
+            self.masked.load(state, sizes, keep)
+            valid = self.train_to_convergence(label)
+        else:  # the same training on the kept columns only (trimming.py): the narrow model is built before reseeding
+            narrow = self.trimmer.narrow(len(columns))
+            self.reseed()
+            self.trimmer.load(narrow, state, columns, sizes, keep)
+            valid = train_to_convergence(self.config, narrow.model, self.train_data, self.valid_data,
+                                         record=self.trainings, label=label)
+            self.trainings[-1]["columns"] = len(columns)
+            self.trimmer.write_back(narrow, columns, sizes, keep)
         return plain_state_dict(self.model), valid, perf_counter() - start
 
     def train_from_scratch(self, sizes, label: str = "from scratch"):
@@ -95,4 +107,5 @@ def context_from(config, model, train_data, valid_data, test_data=None, dataset=
                              tables_per_entity(tables))
     user_freq, item_freq = _frequencies(train_dataset, masked.n_users, masked.n_items)
     return RunContext(config, dataset, train_data, valid_data, test_data, model, masked, budget,
-                      plain_state_dict(model), user_freq, item_freq, Scorer(config, model))
+                      plain_state_dict(model), user_freq, item_freq, Scorer(config, model),
+                      trimmer=Trimmer(config, train_dataset, masked))

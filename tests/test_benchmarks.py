@@ -30,6 +30,7 @@ def test_mask_overhead_writes_its_tables(tmp_path):
 def test_small_data_speed_writes_its_tables(tmp_path):
     """The NeuMF block sizes score alike (the table's NDCG column and max abs diff), and the tables are written."""
     proc = subprocess.run([sys.executable, "benchmarks/small_data_speed.py", "--repeats=1", "--catalogue_items=3000",
+                           "--trim_epochs=2",
                            f"--out={tmp_path / 'speed'}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "speed.json").read_text())
@@ -37,3 +38,6 @@ def test_small_data_speed_writes_its_tables(tmp_path):
     assert all(diff < 1e-4 for diff in out["large_catalogue"]["max_abs_diff"].values())
     table = (tmp_path / "speed.md").read_text()
     assert "| 2^18 |" in table and "mode around forward" in table and "3,000-item catalogue" in table
+    for arm in out["trimmed_trainings"].values():  # the trimmed training reaches the full-width weights
+        assert arm["columns"] < 128 and arm["max_abs_weight_diff"] < 1e-4
+        assert abs(arm["full_valid_ndcg@20"] - arm["trimmed_valid_ndcg@20"]) < 1e-4

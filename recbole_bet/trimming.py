@@ -1,0 +1,87 @@
+"""Fixed-mask trainings of LightGCN on only the columns some row keeps (``trim_columns``).
+
+Why: under a budget most of the d_max columns are masked in every row (equal sizes at sparsity 0.9 keep 12 or 13
+of ml-100k's 128), yet a LightGCN epoch costs in proportion to the width. LightGCN treats each column on its
+own: propagation is a sparse product applied column by column, layers are averaged, a score sums the columns'
+products, and Adam updates each entry by its own gradient. A column no row keeps is zero in every embedding and
+gets a zero gradient, so leaving it out changes no kept weight's arithmetic, only the order in which the score's
+sums round (as thread counts do). NGCF mixes columns through its weight matrices and NeuMF through its MLP and
+predict layer: for them every column counts, and they train at full width.
+
+The narrow model is RecBole's own LightGCN built at the width of the kept columns (``models.build_model``),
+with its own masks; it trains, then its weights go back into the full model's kept columns.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict
+from recbole_bet.models import build_model, configure_width
+from recbole_bet.scoring import scoring_spec
+
+TRIMMABLE_MODELS = frozenset({"LightGCN"})  # each column independent of the others (module docstring)
+
+
+def kept_columns(d_max: int, sizes=None, keep=None) -> np.ndarray | None:
+    """Indices of the columns at least one row keeps (prefix ``sizes`` or an element mask ``keep``), or None
+    where that is every column (or nothing is fixed: full width)."""
+    if keep is not None:
+        columns = np.flatnonzero(np.asarray(keep, dtype=bool).any(axis=0))
+    elif sizes is not None:
+        columns = np.arange(int(np.max(sizes)))
+    else:
+        return None
+    return columns if 0 < len(columns) < d_max else None
+
+
+class Trimmer:
+    """Trains fixed-mask actions of one run's model on their kept columns; the last narrow model is reused
+    while the width stays the same."""
+
+    def __init__(self, config, train_dataset, masked: MaskedTables):
+        self.config, self.dataset, self.masked = config, train_dataset, masked
+        setting = config["trim_columns"]  # None where the config lacks the key (a model built by a RecBole script)
+        self.enabled = (setting is None or bool(setting)) and type(masked.model).__name__ in TRIMMABLE_MODELS
+        self._narrow: tuple[int, torch.nn.Module, MaskedTables] | None = None
+
+    def columns(self, sizes=None, keep=None) -> np.ndarray | None:
+        """The kept columns to train on, or None: train the full model as it is."""
+        if not self.enabled or scoring_spec(self.masked.model) is not None:
+            return None  # a model scored another way (RULE's block scoring) trains as it is
+        return kept_columns(self.masked.d_max, sizes, keep)
+
+    def narrow(self, width: int) -> MaskedTables:
+        """A masked model ``width`` columns wide (built on first use; this draws its initial weights, so call
+        it before reseeding for the training)."""
+        if self._narrow is None or self._narrow[0] != width:
+            self._narrow = None  # free the old one first
+            d_max = self.masked.d_max
+            configure_width(self.config, width)
+            try:
+                model = build_model(self.config, self.dataset)
+            finally:
+                configure_width(self.config, d_max)
+            masked = MaskedTables(model, find_tables(model, self.dataset.user_num, self.dataset.item_num), width)
+            self._narrow = (width, model, masked)
+        return self._narrow[2]
+
+    def load(self, narrow: MaskedTables, state: dict, columns: np.ndarray, sizes=None, keep=None) -> None:
+        """The action's masks and the kept columns of ``state`` (full width, stock layout) on the narrow model."""
+        tables = {f"{t.name}.weight" for t in self.masked.tables}
+        narrow_state = {k: v[:, torch.as_tensor(columns)] if k in tables else v for k, v in state.items()}
+        narrow.load(narrow_state, None if keep is not None else sizes,
+                    None if keep is None else np.asarray(keep, dtype=bool)[:, columns])
+
+    def write_back(self, narrow: MaskedTables, columns: np.ndarray, sizes=None, keep=None) -> None:
+        """The narrow model's weights into the full model's kept columns (the others 0), under the action's
+        masks: the full model then holds what the training reached."""
+        trained = plain_state_dict(narrow.model)
+        full = plain_state_dict(self.masked.model)
+        index = torch.as_tensor(columns)
+        for t in self.masked.tables:
+            key = f"{t.name}.weight"
+            table = torch.zeros_like(full[key])
+            table[:, index] = trained[key]
+            trained[key] = table
+        self.masked.load(trained, sizes, keep)
