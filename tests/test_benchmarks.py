@@ -41,3 +41,13 @@ def test_small_data_speed_writes_its_tables(tmp_path):
     for arm in out["trimmed_trainings"].values():  # the trimmed training reaches the full-width weights
         assert arm["columns"] < 128 and arm["max_abs_weight_diff"] < 1e-4
         assert abs(arm["full_valid_ndcg@20"] - arm["trimmed_valid_ndcg@20"]) < 1e-4
+
+
+def test_pair_width_writes_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/pair_width.py", "--sparsities=0.9", "--candidates=20",
+                           f"--out={tmp_path / 'pairs'}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((tmp_path / "pairs.json").read_text())["rows"][0]
+    c = row["candidates_pair_shared"]
+    assert 1 <= c["10"] <= c["50"] <= c["90"] <= c["100"] <= 128 and 12 <= row["es_pair_shared_mean"] <= 13
+    assert "| 0.9 |" in (tmp_path / "pairs.md").read_text()
