@@ -19,31 +19,37 @@ import torch
 from recbole_bet.masking import MaskedTables, find_tables, plain_state_dict
 from recbole_bet.models import build_model, configure_width
 from recbole_bet.scoring import scoring_spec
+from recbole_bet.training import Scorer
 
 TRIMMABLE_MODELS = frozenset({"LightGCN"})  # each column independent of the others (module docstring)
 
 
+WIDTH_STEP = 16  # prefix widths round up to a multiple of this, so that BET's probes reuse a few narrow models
+
+
 def kept_columns(d_max: int, sizes=None, keep=None) -> np.ndarray | None:
-    """Indices of the columns at least one row keeps (prefix ``sizes`` or an element mask ``keep``), or None
-    where that is every column (or nothing is fixed: full width)."""
+    """The columns to train on: those some row of an element mask ``keep`` keeps, or for prefix ``sizes`` the
+    first max(sizes) rounded up to a multiple of ``WIDTH_STEP`` (columns every row masks cost a little and
+    change nothing); None where that is every column, or nothing is fixed (full width)."""
     if keep is not None:
         columns = np.flatnonzero(np.asarray(keep, dtype=bool).any(axis=0))
     elif sizes is not None:
-        columns = np.arange(int(np.max(sizes)))
+        columns = np.arange(min(d_max, -(-int(np.max(sizes)) // WIDTH_STEP) * WIDTH_STEP))
     else:
         return None
     return columns if 0 < len(columns) < d_max else None
 
 
 class Trimmer:
-    """Trains fixed-mask actions of one run's model on their kept columns; the last narrow model is reused
-    while the width stays the same."""
+    """Trains fixed-mask actions of one run's model on their kept columns, on narrow models built once per
+    width (sharing the full model's graph)."""
 
     def __init__(self, config, train_dataset, masked: MaskedTables):
         self.config, self.dataset, self.masked = config, train_dataset, masked
         setting = config["trim_columns"]  # None where the config lacks the key (a model built by a RecBole script)
         self.enabled = (setting is None or bool(setting)) and type(masked.model).__name__ in TRIMMABLE_MODELS
-        self._narrow: tuple[int, torch.nn.Module, MaskedTables] | None = None
+        self._narrow: dict[int, MaskedTables] = {}
+        self._scorers: dict[int, Scorer] = {}
 
     def columns(self, sizes=None, keep=None) -> np.ndarray | None:
         """The kept columns to train on, or None: train the full model as it is."""
@@ -52,19 +58,29 @@ class Trimmer:
         return kept_columns(self.masked.d_max, sizes, keep)
 
     def narrow(self, width: int) -> MaskedTables:
-        """A masked model ``width`` columns wide (built on first use; this draws its initial weights, so call
-        it before reseeding for the training)."""
-        if self._narrow is None or self._narrow[0] != width:
-            self._narrow = None  # free the old one first
+        """A masked model ``width`` columns wide (built on first use: that draws initial weights, so call it
+        before reseeding for the training)."""
+        if width not in self._narrow:
             d_max = self.masked.d_max
             configure_width(self.config, width)
             try:
                 model = build_model(self.config, self.dataset)
             finally:
                 configure_width(self.config, d_max)
-            masked = MaskedTables(model, find_tables(model, self.dataset.user_num, self.dataset.item_num), width)
-            self._narrow = (width, model, masked)
-        return self._narrow[2]
+            full = self.masked.model
+            for attr in ("norm_adj_matrix", "_bet_symmetric_adjacency"):  # one graph in memory, not one per width
+                if hasattr(full, attr) and hasattr(model, attr):
+                    setattr(model, attr, getattr(full, attr))
+            self._narrow[width] = MaskedTables(model, find_tables(model, self.dataset.user_num,
+                                                                  self.dataset.item_num), width)
+        return self._narrow[width]
+
+    def evaluate(self, narrow: MaskedTables, data) -> dict:
+        """RecBole's full-ranking evaluation of a narrow model (a scorer per width, set up once)."""
+        width = narrow.d_max
+        if width not in self._scorers:
+            self._scorers[width] = Scorer(self.config, narrow.model)
+        return self._scorers[width].evaluate(data)
 
     def load(self, narrow: MaskedTables, state: dict, columns: np.ndarray, sizes=None, keep=None) -> None:
         """The action's masks and the kept columns of ``state`` (full width, stock layout) on the narrow model."""

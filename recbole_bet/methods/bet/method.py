@@ -65,12 +65,23 @@ class BET(Method):
                          "optimiser steps each")
 
         def probe(sizes: np.ndarray, t: int) -> float:
-            """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness."""
+            """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness. With
+            ``trim_columns`` (LightGCN) the finetuning runs on the action's kept columns only (trimming.py)."""
+            columns = ctx.trimmer.columns(sizes) if ctx.trimmer is not None else None
+            narrow = None if columns is None else ctx.trimmer.narrow(len(columns))  # built before reseeding
             ctx.reseed(iteration_seed(config["seed"], t))
             finetune_data.generator.manual_seed(iteration_seed(config["seed"], t))
-            ctx.masked.load(pre_state, sizes)
-            finetuner.run(finetune_data, epochs)
-            return quality(ctx.evaluate(fitness_data)) / full_quality
+            if narrow is None:
+                ctx.masked.load(pre_state, sizes)
+                finetuner.run(finetune_data, epochs)
+                return quality(ctx.evaluate(fitness_data)) / full_quality
+            ctx.trimmer.load(narrow, pre_state, columns, sizes)
+            finetuner.model = narrow.model  # one finetuner (one TensorBoard writer); run() rebuilds its optimiser
+            try:
+                finetuner.run(finetune_data, epochs)
+            finally:
+                finetuner.model = ctx.model
+            return quality(ctx.trimmer.evaluate(narrow, fitness_data)) / full_quality
 
         loop = build_search(ctx, probe)
         if meta:
