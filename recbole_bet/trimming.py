@@ -89,15 +89,19 @@ class Trimmer:
         narrow.load(narrow_state, None if keep is not None else sizes,
                     None if keep is None else np.asarray(keep, dtype=bool)[:, columns])
 
-    def write_back(self, narrow: MaskedTables, columns: np.ndarray, sizes=None, keep=None) -> None:
-        """The narrow model's weights into the full model's kept columns (the others 0), under the action's
-        masks: the full model then holds what the training reached."""
-        trained = plain_state_dict(narrow.model)
-        full = plain_state_dict(self.masked.model)
+    def widen(self, narrow_state: dict, columns: np.ndarray) -> dict:
+        """A narrow model's state in the full model's layout: its tables in the kept columns, 0 elsewhere."""
+        full = dict(narrow_state)
         index = torch.as_tensor(columns)
         for t in self.masked.tables:
             key = f"{t.name}.weight"
-            table = torch.zeros_like(full[key])
-            table[:, index] = trained[key]
-            trained[key] = table
-        self.masked.load(trained, sizes, keep)
+            table = torch.zeros(narrow_state[key].shape[0], self.masked.d_max, dtype=narrow_state[key].dtype,
+                                device=narrow_state[key].device)
+            table[:, index] = narrow_state[key]
+            full[key] = table
+        return full
+
+    def write_back(self, narrow: MaskedTables, columns: np.ndarray, sizes=None, keep=None) -> None:
+        """The narrow model's weights into the full model's kept columns (the others 0), under the action's
+        masks: the full model then holds what the training reached."""
+        self.masked.load(self.widen(plain_state_dict(narrow.model), columns), sizes, keep)

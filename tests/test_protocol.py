@@ -213,6 +213,7 @@ def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_roun
     assert first["valid_quality"] <= max(e["valid_quality"] for e in short)
     labels = [t["label"] for t in ctx.trainings[-3:]]
     assert labels == [f"halving, action {k}" for k in (1, 2, 3)]
+    assert ctx.trainings[-3]["columns"] == 16  # equal sizes (12-13) train on 16 columns (trim_columns)
 
 
 @settings(max_examples=60, deadline=None)

@@ -239,8 +239,17 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
     test carry over between its parts), from ``start_state`` with its sizes, reseeded as ``retrain_and_choose``
     reseeds each training, so the first part of every action is the first epochs of its full retraining.
     Returns what ``retrain_and_choose`` returns; each entry adds ``epochs`` and the ``round`` it stopped in."""
-    logger, config = getLogger(), ctx.config
-    trainings = [ContinuedTraining(config, ctx.model, ctx.train_data, ctx.valid_data) for _ in top]
+    logger, config, trimmer = getLogger(), ctx.config, ctx.trimmer
+    # with trim_columns (LightGCN) each action trains on a model as wide as its kept columns (trimming.py),
+    # built here, before any reseeding
+    columns = [None if trimmer is None else trimmer.columns(member.sizes) for member in top]
+    narrow = [None if c is None else trimmer.narrow(len(c)) for c in columns]
+    trainings = [ContinuedTraining(config, ctx.model if n is None else n.model, ctx.train_data, ctx.valid_data)
+                 for n in narrow]
+
+    def full_layout(rank: int, state: dict) -> dict:
+        return state if columns[rank] is None else trimmer.widen(state, columns[rank])
+
     weights, rounds = [start_state] * len(top), {}
     alive, until, round_no = list(range(len(top))), first_epochs, 0
     while alive:
@@ -248,9 +257,13 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         for rank in alive:
             # the first part starts as a full retraining starts; a later part gets its own seed
             ctx.reseed(None if round_no == 0 else config["seed"] + 7919 * round_no + rank)
-            ctx.masked.load(weights[rank], top[rank].sizes)
+            if narrow[rank] is None:
+                ctx.masked.load(weights[rank], top[rank].sizes)
+            else:
+                trimmer.load(narrow[rank], weights[rank], columns[rank], top[rank].sizes)
             trainings[rank].advance(trainings[rank].cap if last else until)
-            weights[rank] = plain_state_dict(ctx.model)
+            model = ctx.model if narrow[rank] is None else narrow[rank].model
+            weights[rank] = full_layout(rank, plain_state_dict(model))
             rounds[rank] = round_no
         logger.info(f"halving round {round_no}: {len(alive)} action(s) at {max(t.epochs for t in trainings)} "
                     "epochs at most")
@@ -264,13 +277,16 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         entries.append(dict(retrained_entry(member, training.best_valid), epochs=training.epochs,
                             round=rounds[rank]))
         if evaluate_test is not None:  # reported only; the choice is on validation
-            ctx.masked.load(training.trainer.best_state, member.sizes)
+            ctx.masked.load(full_layout(rank, training.trainer.best_state), member.sizes)
             entries[-1]["test"] = pick(evaluate_test())
         ctx.trainings.append(training.record(f"halving, action {rank + 1}"))
+        if columns[rank] is not None:
+            ctx.trainings[-1]["columns"] = len(columns[rank])
         if best_rank is None or entries[-1]["valid_quality"] > entries[best_rank]["valid_quality"]:
             best_rank = rank
     report_entries = [dict(e, valid=pick(e["valid"])) for e in entries]
-    return report_entries, best_rank, (top[best_rank].sizes, trainings[best_rank].trainer.best_state,
+    return report_entries, best_rank, (top[best_rank].sizes,
+                                       full_layout(best_rank, trainings[best_rank].trainer.best_state),
                                        entries[best_rank]["valid"])
 
 
