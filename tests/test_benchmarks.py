@@ -50,4 +50,4 @@ def test_pair_width_writes_its_table(tmp_path):
     row = json.loads((tmp_path / "pairs.json").read_text())["rows"][0]
     c = row["candidates_pair_shared"]
     assert 1 <= c["10"] <= c["50"] <= c["90"] <= c["100"] <= 128 and 12 <= row["es_pair_shared_mean"] <= 13
-    assert "| 0.9 |" in (tmp_path / "pairs.md").read_text()
+    assert "| tied | 0.9 |" in (tmp_path / "pairs.md").read_text()

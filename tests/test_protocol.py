@@ -268,3 +268,19 @@ def test_retraining_from_both_sides_of_the_split():
     assert [m.t for m in one_side.top_both_sides(3, n_users=2)] == [0, 1, 2]
     few_same = SearchState(population=users_heavy[:1] + items_heavy)
     assert [m.t for m in few_same.top_both_sides(3, n_users=2)] == [0, 4, 5]
+
+
+def test_bet_tied_sides_on_neumf(tmp_path):
+    """bet_sides=tied (quick profile, NeuMF, whose GMF part uses the columns a user and an item both keep): every
+    candidate splits the budget by one distribution over both sides, so no probed action puts nearly all of it on
+    one side; the run stays within budget and its report says so."""
+    out = tmp_path / "bet"
+    proc = run_cli("--model=NeuMF", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
+                   "--sparsity=0.9", "--bet_sides=tied", f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["sides"] == "tied" and report["config"]["bet_sides"] == "tied"
+    assert all(0.2 < it["user_share"] < 0.5 for it in report["search"]["iterations"])
+    assert report["kept_params"] <= report["budget_params"]
+    assert report["sizes"]["pair_shared_mean"] <= report["sizes"]["pair_mean"]

@@ -8,25 +8,30 @@ from recbole_bet.errors import BadInput
 from recbole_bet.methods.bet.sampler import DISTRIBUTIONS, ActionSampler
 
 
-def _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables=1):
+def _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables=1, sides="independent"):
     rng = np.random.default_rng(seed)
     budget = make_budget(sparsity, d_max, d_min, n_users, n_items, tables)
     user_freq = rng.zipf(1.7, n_users).clip(max=10_000)
     item_freq = rng.zipf(1.7, n_items).clip(max=10_000)
     user_freq[rng.random(n_users) < 0.1] = 0  # entities unseen in training exist
-    return budget, ActionSampler(budget, user_freq, item_freq), user_freq, item_freq, rng
+    return budget, ActionSampler(budget, user_freq, item_freq, sides=sides), user_freq, item_freq, rng
 
 
 @settings(max_examples=60, deadline=None)
-@example(n_users=1, n_items=1, sparsity=0.125, d_max=2, d_min_frac=0.0, tables=2, seed=0)  # budget_params 7: 6 usable
+@example(n_users=1, n_items=1, sparsity=0.125, d_max=2, d_min_frac=0.0, tables=2, seed=0,  # budget_params 7: 6 usable
+         sides="independent")
+@example(n_users=1, n_items=1, sparsity=0.125, d_max=2, d_min_frac=0.0, tables=2, seed=0, sides="tied")
 @given(
     n_users=st.integers(1, 400), n_items=st.integers(1, 400), sparsity=st.floats(0.01, 0.99),
     d_max=st.integers(1, 160), d_min_frac=st.floats(0, 1), tables=st.integers(1, 2), seed=st.integers(0, 2**31),
+    sides=st.sampled_from(["independent", "tied"]),
 )
-def test_candidates_fit_budget_bounds_and_frequency_order(n_users, n_items, sparsity, d_max, d_min_frac, tables, seed):
+def test_candidates_fit_budget_bounds_and_frequency_order(n_users, n_items, sparsity, d_max, d_min_frac, tables, seed,
+                                                          sides):
     d_min = 1 + int(d_min_frac * (d_max - 1))
     try:
-        budget, sampler, user_freq, item_freq, rng = _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables)
+        budget, sampler, user_freq, item_freq, rng = _sampler(n_users, n_items, sparsity, d_min, d_max, seed, tables,
+                                                              sides)
     except BadInput:
         return  # infeasible budgets are refused (tested in test_budget)
     sizes = sampler.sample(12, rng)
@@ -82,11 +87,12 @@ def test_frequency_vectors_must_match():
 
 # ------------------------------------------------------------------------- the paper's sizing and draws
 
-def _skewed(sparsity, mode, draw, seed=3):
+def _skewed(sparsity, mode, draw, seed=3, sides="independent"):
     rng = np.random.default_rng(seed)
     budget = make_budget(sparsity, 128, 1, 943, 1682, 1)
     user_freq, item_freq = rng.zipf(1.7, 943).clip(max=500), rng.zipf(1.7, 1682).clip(max=500)
-    return budget, ActionSampler(budget, user_freq, item_freq, mode=mode, draw=draw), user_freq, item_freq
+    return (budget, ActionSampler(budget, user_freq, item_freq, mode=mode, draw=draw, sides=sides), user_freq,
+            item_freq)
 
 
 @pytest.mark.parametrize("sparsity", [0.8, 0.9, 0.95])
@@ -120,3 +126,29 @@ def test_unknown_mode_is_refused():
     budget = make_budget(0.5, 8, 1, 3, 3, 1)
     with pytest.raises(ValueError, match="mode"):
         ActionSampler(budget, np.ones(3), np.ones(3), mode="fast")
+
+
+def test_tied_sides_draw_one_distribution_and_give_pairs_more_shared_columns():
+    """bet_sides=tied: one distribution per candidate for users and items and one budget pool (a user and an item
+    at the same frequency quantile get about the same size); over pairs drawn by frequency, a pair shares more
+    columns than under the independent sampler's users' share (what a dot product, NeuMF's GMF, can use)."""
+    from recbole_bet.budget import size_summary
+
+    shared = {}
+    for sides in ("independent", "tied"):
+        budget, sampler, user_freq, item_freq = _skewed(0.9, "exact", "per_candidate", sides=sides)
+        sizes, info = sampler.sample_with_info(40, np.random.default_rng(0))
+        assert (budget.kept_params_many(sizes) == budget.budget_params).all()
+        pair_rng = np.random.default_rng(1)  # training pairs, each side drawn by its frequency
+        users = pair_rng.choice(budget.n_users, 5000, p=user_freq / user_freq.sum())
+        items = pair_rng.choice(budget.n_items, 5000, p=item_freq / item_freq.sum())
+        shared[sides] = np.mean([size_summary(budget, row, users, items)["pair_shared_mean"] for row in sizes])
+        if sides == "tied":
+            assert all("tied" in i and "user" not in i for i in info)
+            # one distribution, one pool: the users' share follows the sides' counts, not a drawn share
+            shares = [i["user_share"] for i in info]
+            assert 0.2 < np.median(shares) < 0.5
+    assert shared["tied"] > 1.2 * shared["independent"]
+    _, sampler, _, _ = _skewed(0.9, "exact", "per_iteration", sides="tied")
+    _, info = sampler.sample_with_info(10, np.random.default_rng(0))
+    assert len({(i["tied"]["distribution"], i["tied"]["beta"]) for i in info}) == 1

@@ -21,12 +21,20 @@ from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTrai
                                   train_loader_with_batch_size, validation_subset)
 
 
+# keys added after checkpoints were written: left out of a run's identity while at these values (their
+# defaults, the behaviour before the key existed), so that those checkpoints still resume
+LATER_KEYS_DEFAULTS = {"bet_sides": "independent"}
+
+
 def run_identity(config) -> dict:
     """What must match for a checkpoint to be resumed: everything that shapes the result."""
     items = dict(pretrain_key_items(config))
     items.update({k: config[k] for k in ("method", "sparsity", "memory_budget", "d_min")
                   if k in config.final_config_dict})
     items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
+    for key, default in LATER_KEYS_DEFAULTS.items():
+        if items.get(key) == default:
+            del items[key]
     return json.loads(json.dumps(items, sort_keys=True, default=str))
 
 
@@ -141,6 +149,7 @@ class BET(Method):
             "finetune_batch_size": finetune_batch,
             "finetune_steps_per_probe": len(finetune_data) * epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
+            "sides": config["bet_sides"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
             "retrain_pick": config["bet_retrain_pick"],
         }
@@ -322,7 +331,8 @@ def build_search(ctx, probe) -> SearchLoop:
     seed = config["seed"]
     torch.manual_seed(seed)
     sampler = ActionSampler(ctx.budget, ctx.user_freq, ctx.item_freq, beta_max=config["bet_beta_max"],
-                            mode=config["bet_sampler"], draw=config["bet_distribution_draw"])
+                            mode=config["bet_sampler"], draw=config["bet_distribution_draw"],
+                            sides=config["bet_sides"])
     predictor = build_predictor(config["bet_predictor"], ctx.user_freq, ctx.item_freq, ctx.budget.d_max)
     generator = torch.Generator().manual_seed(seed)
     trainer = PredictorTrainer(predictor, lr=config["bet_predictor_lr"],

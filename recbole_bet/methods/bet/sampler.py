@@ -12,7 +12,11 @@ selectable (``mode="paper"``, key ``bet_sampler``): sizes floor(p / sum(p) * sha
 candidate with a size above d_max (or, as no candidate may, over the budget) is drawn again. ``draw`` chooses
 whether each candidate draws its own distributions (``per_candidate``) or one family and parameter per side
 serve the whole iteration (``per_iteration``: Algorithm 1 draws them in line 4, before the m candidates of
-line 5).
+line 5). ``sides`` (key ``bet_sides``, not in the paper): ``independent`` as above, or ``tied``: one distribution
+serves users and items alike and the budget is one pool, so a user and an item at the same frequency quantile
+get the same size, with no separate users' share. A dot product of the stored vectors (NeuMF's GMF) can use
+only the columns both sides keep, min(d_u, d_i) per pair; tied candidates give training pairs more of those
+than equal sizes (benchmarks/pair_width.py, docs/deviations.md).
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ def _quantile(kind: str, beta: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 SAMPLER_MODES = ("exact", "paper")
 DRAWS = ("per_candidate", "per_iteration")
+SIDES = ("independent", "tied")
 MAX_REJECTION_ROUNDS = 200  # the paper's sampler redraws rejected candidates; give up (an error) after this
 
 
@@ -74,11 +79,11 @@ class ActionSampler:
     """
 
     def __init__(self, budget: Budget, user_freq, item_freq, beta_max: dict | None = None, mode: str = "exact",
-                 draw: str = "per_candidate"):
-        if mode not in SAMPLER_MODES or draw not in DRAWS:
-            raise ValueError(f"mode must be one of {SAMPLER_MODES} and draw one of {DRAWS}")
+                 draw: str = "per_candidate", sides: str = "independent"):
+        if mode not in SAMPLER_MODES or draw not in DRAWS or sides not in SIDES:
+            raise ValueError(f"mode must be one of {SAMPLER_MODES}, draw one of {DRAWS} and sides one of {SIDES}")
         self.budget = budget
-        self.mode, self.draw = mode, draw
+        self.mode, self.draw, self.sides = mode, draw, sides
         self.rejected = 0  # candidates the paper's sampler drew again, over the sampler's life
         self.beta_max = dict(DEFAULT_BETA_MAX, **(beta_max or {}))
         user_freq = np.asarray(user_freq)
@@ -89,15 +94,16 @@ class ActionSampler:
         self.user_rank = np.argsort(-user_freq, kind="stable")
         self.item_rank = np.argsort(-item_freq, kind="stable")
 
-    def _side(self, rng: np.random.Generator, m: int, n: int, totals: np.ndarray, family=None):
-        """Sorted sizes (m, n) of one side; ``family`` = (kind index, beta in [0, 1)) fixes the distribution
-        for all m rows (``per_iteration``), else each row draws its own."""
+    def _families(self, rng: np.random.Generator, m: int, family=None):
+        """(kinds, betas in [0, 1)) of m rows; ``family`` = (kind index, beta) fixes them for all rows
+        (``per_iteration``), else each row draws its own."""
         if family is None:
-            kinds = rng.integers(0, len(DISTRIBUTIONS), size=m)
-            betas = rng.uniform(0.0, 1.0, size=m)
-        else:
-            kinds, betas = np.full(m, family[0]), np.full(m, family[1])
-        u = sorted_uniforms(rng, m, n)
+            return rng.integers(0, len(DISTRIBUTIONS), size=m), rng.uniform(0.0, 1.0, size=m)
+        return np.full(m, family[0]), np.full(m, family[1])
+
+    def _weights(self, rng: np.random.Generator, kinds, betas, n: int) -> np.ndarray:
+        """(m, n) weights, each row descending: n order statistics through the row's inverse CDF."""
+        u = sorted_uniforms(rng, len(kinds), n)
         # keep u strictly inside (0, 1) so inverse CDFs stay finite
         np.clip(u, 1e-12, 1 - 1e-12, out=u)
         weights = np.empty_like(u)
@@ -106,14 +112,35 @@ class ActionSampler:
             if rows.size:
                 beta = (betas[rows] * self.beta_max[kind])[:, None]
                 weights[rows] = _quantile(kind, beta, u[rows])
-        weights = np.nan_to_num(weights, nan=0.0, posinf=np.finfo(np.float64).max)
+        return np.nan_to_num(weights, nan=0.0, posinf=np.finfo(np.float64).max)
+
+    def _sizes(self, weights_desc: np.ndarray, totals: np.ndarray) -> np.ndarray:
         if self.mode == "paper":
-            sizes = proportional_sizes(weights, totals, self.budget.d_min)
-        else:
-            sizes = allocate_sorted(weights, totals, self.budget.d_min, self.budget.d_max)
-        info = [{"distribution": DISTRIBUTIONS[k], "beta": float(betas[i] * self.beta_max[DISTRIBUTIONS[k]])}
-                for i, k in enumerate(kinds)]
-        return sizes, info
+            return proportional_sizes(weights_desc, totals, self.budget.d_min)
+        return allocate_sorted(weights_desc, totals, self.budget.d_min, self.budget.d_max)
+
+    def _info(self, kinds, betas, i: int) -> dict:
+        kind = DISTRIBUTIONS[kinds[i]]
+        return {"distribution": kind, "beta": float(betas[i] * self.beta_max[kind])}
+
+    def _side(self, rng: np.random.Generator, m: int, n: int, totals: np.ndarray, family=None):
+        """Sorted sizes (m, n) of one side and each row's distribution."""
+        kinds, betas = self._families(rng, m, family)
+        sizes = self._sizes(self._weights(rng, kinds, betas, n), totals)
+        return sizes, [self._info(kinds, betas, i) for i in range(m)]
+
+    def _tied(self, rng: np.random.Generator, m: int, family=None):
+        """``sides: tied``: one distribution per row for both sides, the whole budget allocated over users and
+        items together by weight. Returns each side's sorted sizes and each row's distribution."""
+        b = self.budget
+        kinds, betas = self._families(rng, m, family)
+        weights = np.concatenate([self._weights(rng, kinds, betas, b.n_users),
+                                  self._weights(rng, kinds, betas, b.n_items)], axis=1)
+        order = np.argsort(-weights, axis=1, kind="stable")  # each side is already descending within itself
+        ranked = self._sizes(np.take_along_axis(weights, order, axis=1), np.full(m, b.budget_units))
+        sizes = np.empty_like(ranked)
+        np.put_along_axis(sizes, order, ranked, axis=1)  # so each side's part stays descending
+        return sizes[:, : b.n_users], sizes[:, b.n_users:], [self._info(kinds, betas, i) for i in range(m)]
 
     def sample(self, m: int, rng: np.random.Generator) -> np.ndarray:
         """(m, n_users + n_items) int16 sizes; every row fits the budget and [d_min, d_max]."""
@@ -147,12 +174,17 @@ class ActionSampler:
 
     def _draw(self, m: int, rng: np.random.Generator, families):
         b = self.budget
-        w = rng.uniform(0.0, 1.0, size=m)
-        user_totals, item_totals = split_total(w, b)
-        user_sorted, user_info = self._side(rng, m, b.n_users, user_totals, families and families[0])
-        item_sorted, item_info = self._side(rng, m, b.n_items, item_totals, families and families[1])
+        if self.sides == "tied":
+            user_sorted, item_sorted, tied_info = self._tied(rng, m, families and families[0])
+            shares = user_sorted.sum(axis=1) / np.maximum(1, user_sorted.sum(axis=1) + item_sorted.sum(axis=1))
+            info = [{"user_share": float(shares[i]), "tied": tied_info[i]} for i in range(m)]
+        else:
+            w = rng.uniform(0.0, 1.0, size=m)
+            user_totals, item_totals = split_total(w, b)
+            user_sorted, user_info = self._side(rng, m, b.n_users, user_totals, families and families[0])
+            item_sorted, item_info = self._side(rng, m, b.n_items, item_totals, families and families[1])
+            info = [{"user_share": float(w[i]), "user": user_info[i], "item": item_info[i]} for i in range(m)]
         sizes = np.concatenate(
             [assign_by_rank(user_sorted, self.user_rank), assign_by_rank(item_sorted, self.item_rank)], axis=1
         )
-        info = [{"user_share": float(w[i]), "user": user_info[i], "item": item_info[i]} for i in range(m)]
         return sizes, info
