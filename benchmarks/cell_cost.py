@@ -8,7 +8,8 @@ into minutes per cell under the training protocol.
 Measured (median of ``--repeats``, after one untimed warm-up epoch of each kind): preparing the data; one training
 epoch at ``train_batch_size`` of the full-width model (pretraining), of equal sizes and of mixed random sizes at
 ``--sparsity`` (ES; MR and BET's retrainings); one finetuning epoch at BET's finetuning batch; one full-ranking
-validation; BET's sampler and predictor per iteration. The epochs a training runs cannot be measured without
+validation; BET's sampler and predictor per iteration; for LightGCN with ``trim_columns``, a training epoch, a
+validation and a finetuning epoch of the narrow model at 16, 32 and 64 columns. The epochs a training runs cannot be measured without
 running it to convergence, so the cell estimate multiplies the measured times by epoch counts that are stated
 (``--epochs_full``, ``--epochs_budgeted``; by default the ml-100k calibration's, results/convergence-ml-100k.md,
 a lower bound on larger data, which converges later).
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 # where the window rule stops the calibration curves (results/convergence-ml-100k.md).
 CALIBRATED_EPOCHS_FULL = 223
 CALIBRATED_EPOCHS_BUDGETED = {0.8: 444, 0.9: 528, 0.95: 751}
+TRIM_WIDTHS = (16, 32, 64)  # narrow LightGCN widths timed for trim_columns (prefix widths round up to 16)
 
 
 def log(msg: str) -> None:
@@ -79,7 +81,7 @@ def measure(dataset: str, model: str, device: str, sparsity: float, repeats: int
     out = {"dataset": dataset, "model": model, "device": device, "sparsity": sparsity, "repeats": repeats,
            "users": ds.user_num - 1, "items": ds.item_num - 1, "train_interactions": len(ds),
            "train_batch_size": config["train_batch_size"], "steps_per_epoch": len(ctx.train_data),
-           "prepare_s": round(prepare_s, 2)}
+           "prepare_s": round(prepare_s, 2), "d_max": ctx.masked.d_max}
     trainer = FusedAdamTrainer(config, ctx.model)  # RecBole's Trainer (Adam at learning_rate)
     arms = {"full": None, "es": equal_sizes(ctx.budget), "mr": MixedRandom().propose(ctx)}
     for arm, sizes in arms.items():
@@ -89,6 +91,20 @@ def measure(dataset: str, model: str, device: str, sparsity: float, repeats: int
         log(f"{arm} epoch: {median:.2f} s {all_s}")
     batch = finetune_batch_size(config, len(ctx.train_data))
     finetune_data = train_loader_with_batch_size(config, ctx.train_data, batch)
+    if ctx.trimmer is not None and ctx.trimmer.enabled:  # trim_columns: trainings on the kept columns only
+        out["trimmed"] = {}
+        for width in TRIM_WIDTHS:
+            narrow = ctx.trimmer.narrow(width)
+            narrow.load({k: v for k, v in narrow.model.state_dict().items()}, None)
+            narrow_trainer = FusedAdamTrainer(config, narrow.model)
+            epoch_s, _ = timed(lambda: narrow_trainer._train_epoch(ctx.train_data, 0, show_progress=False), repeats)
+            eval_s, _ = timed(lambda: ctx.trimmer.evaluate(narrow, ctx.valid_data), repeats)
+            narrow_finetuner = Finetuner(config, narrow.model)
+            finetune_s, _ = timed(lambda: narrow_finetuner.run(finetune_data, 1), repeats)
+            out["trimmed"][width] = {"epoch_s": round(epoch_s, 3), "eval_s": round(eval_s, 3),
+                                     "finetune_epoch_s": round(finetune_s, 3)}
+            log(f"trimmed to {width} columns: epoch {epoch_s:.2f} s, validation {eval_s:.2f} s, "
+                f"finetune epoch {finetune_s:.2f} s")
     finetuner = Finetuner(config, ctx.model)
     ctx.masked.load(ctx.init_state, arms["mr"])
     median, all_s = timed(lambda: finetuner.run(finetune_data, 1), repeats)
@@ -106,15 +122,31 @@ def measure(dataset: str, model: str, device: str, sparsity: float, repeats: int
     return out
 
 
+def es_width(m: dict, sparsity: float) -> int:
+    """Columns ES trains on with trim_columns: its size (the budget's units over the entities, one more for the
+    most frequent rows) rounded up to 16."""
+    size = int((1 - sparsity) * m["d_max"]) + 1
+    return min(m["d_max"], -(-size // 16) * 16)
+
+
 def cell_minutes(m: dict, epochs_full: int, epochs_budgeted: dict) -> dict:
     """Minutes per cell under the protocol, from measured per-epoch times and the stated epoch counts.
-    Budgeted trainings validate every epoch; BET's retrainings have mixed sizes, timed as MR's."""
+    Budgeted trainings validate every epoch; BET's retrainings have mixed sizes, timed as MR's (at full width:
+    with trim_columns an upper bound, since BET's chosen sizes are rarely 128 wide). With trim_columns timings
+    (LightGCN), ES's trainings are timed at its trimmed width; MR's sizes reach d_max and are not trimmed."""
     pretrain = epochs_full * (m["full_epoch_s"] + m["eval_s"])
     t, h, k = m["bet"]["bet_iterations"], m["bet"]["bet_finetune_epochs"], m["bet"]["bet_retrain_top_k"]
     search = t * (h * m["finetune_epoch_s"] + m["eval_s"] + m["search_overhead_s"])
     cells = {"pretrain": pretrain / 60, "bet_search": search / 60}
     for s, epochs in sorted(epochs_budgeted.items()):
         es = epochs * (m["es_epoch_s"] + m["eval_s"])
+        trimmed = m.get("trimmed")
+        if trimmed:  # trim_columns: ES trains on its size rounded up to 16 (the smallest timed width above it)
+            width = es_width(m, s)
+            fits = [w for w in sorted(trimmed, key=int) if int(w) >= width]
+            if fits:
+                t = trimmed[fits[0]]
+                es = epochs * (t["epoch_s"] + t["eval_s"])
         mixed = epochs * (m["mr_epoch_s"] + m["eval_s"])
         cells[f"es@{s}"] = es / 60
         cells[f"mr@{s}"] = mixed / 60
@@ -155,7 +187,14 @@ def write_md(path: str, entries: list, commands: list) -> None:
         lines.append("|---|" + "--:|" * len(sparsities))
         for method in ("es", "mr", "sseds", "bet"):
             lines.append(f"| {method} | " + " | ".join(f"{c[f'{method}@{s}']}" for s in sparsities) + " |")
-        lines.append(f"\npretraining {c['pretrain']} min, BET search {c['bet_search']} min\n")
+        lines.append(f"\npretraining {c['pretrain']} min, BET search {c['bet_search']} min")
+        if m.get("trimmed"):
+            timed_widths = ", ".join(f"{w} columns {t['epoch_s']} / {t['eval_s']} / {t.get('finetune_epoch_s', '-')} s"
+                                     for w, t in sorted(m["trimmed"].items(), key=lambda kv: int(kv[0])))
+            lines.append(f"\n`trim_columns` (training epoch / validation / finetuning epoch): {timed_widths}; ES above "
+                         "is timed at its trimmed width, BET's probes and retrainings at full width (upper bounds: "
+                         "their widths depend on the actions drawn and chosen)")
+        lines.append("")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
