@@ -51,3 +51,15 @@ def test_pair_width_writes_its_table(tmp_path):
     c = row["candidates_pair_shared"]
     assert 1 <= c["10"] <= c["50"] <= c["90"] <= c["100"] <= 128 and 12 <= row["es_pair_shared_mean"] <= 13
     assert "| tied | 0.9 |" in (tmp_path / "pairs.md").read_text()
+
+
+def test_cell_cost_times_the_narrow_models_and_writes_its_tables(tmp_path):
+    out = tmp_path / "cost"
+    proc = subprocess.run([sys.executable, "benchmarks/cell_cost.py", "--dataset=ml-100k", "--repeats=1",
+                           f"--out={out}"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entry = json.loads((tmp_path / "cost.json").read_text())["entries"][0]
+    trimmed = entry["measured"]["trimmed"]
+    assert sorted(trimmed, key=int) == ["16", "32", "64"] and all(t["epoch_s"] > 0 for t in trimmed.values())
+    assert entry["cells_min"]["es@0.9"] < entry["cells_min"]["mr@0.9"]  # ES on 16 columns, MR at full width
+    assert "`trim_columns`" in (tmp_path / "cost.md").read_text()
