@@ -284,3 +284,21 @@ def test_bet_tied_sides_on_neumf(tmp_path):
     assert all(0.2 < it["user_share"] < 0.5 for it in report["search"]["iterations"])
     assert report["kept_params"] <= report["budget_params"]
     assert report["sizes"]["pair_shared_mean"] <= report["sizes"]["pair_mean"]
+
+
+def test_bet_successive_halving_runs_end_to_end(tmp_path):
+    """bet_retrain_schedule=halving through the CLI (quick profile): the top actions' trainings are recorded as
+    halving rounds, the chosen one trained longest, and the report says which schedule ran."""
+    out = tmp_path / "bet"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=4", "--method=bet",
+                   "--sparsity=0.9", "--bet_retrain_schedule=halving", "--bet_halving_epochs=1",
+                   f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    search = report["search"]
+    assert search["retrain_schedule"] == "halving"
+    retrained = search["retrained"]
+    assert [t["label"] for t in report["trainings"][-len(retrained):]] == \
+        [f"halving, action {k}" for k in range(1, len(retrained) + 1)]
+    assert retrained[search["chosen"]]["epochs"] == max(e["epochs"] for e in retrained)
+    assert report["valid"]["ndcg@20"] == pytest.approx(retrained[search["chosen"]]["valid"]["ndcg@20"])

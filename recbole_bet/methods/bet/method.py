@@ -108,7 +108,7 @@ class BET(Method):
             loop.run(config["bet_iterations"], on_iteration=save_search)
         state = loop.state
 
-        retrain_start = perf_counter()
+        retrain_began = perf_counter()
         done = {"entries": meta.get("retrained", []), "best": meta.get("best_rank"),
                 "weights": saved.get("best_weights")}
 
@@ -119,7 +119,7 @@ class BET(Method):
                   saved_retrain={"retrained": entries, "best_rank": best_rank, "best_weights": best_weights},
                   trainings=ctx.trainings)
 
-        save_retrain.since = retrain_start
+        save_retrain.since = retrain_began
         evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
         k = config["bet_retrain_top_k"]
         top = state.top_both_sides(k, ctx.budget.n_users) if config["bet_retrain_pick"] == "both_sides" \
