@@ -202,7 +202,10 @@ def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_roun
            for t, (sizes, f) in enumerate(((es, 0.9), (mixed, 0.8), (np.minimum(es, mixed), 0.7)))]
     full, full_chosen, _ = retrain_and_choose(top, ctx.train_from_scratch)
     long, long_chosen, _ = retrain_halving(top, ctx, ctx.init_state, first_epochs=4)
-    assert [e["valid"] for e in long] == [e["valid"] for e in full] and long_chosen == full_chosen
+    # the same trainings; on 2 threads the narrow (trim_columns) products may round differently between runs
+    for a, b in zip(long, full):
+        assert a["valid"] == pytest.approx(b["valid"], abs=1e-4)
+    assert long_chosen == full_chosen
     assert [e["epochs"] for e in long] == [4, 4, 4]
     short, chosen, (sizes, weights, valid) = retrain_halving(top, ctx, ctx.init_state, first_epochs=1)
     assert sorted(e["epochs"] for e in short) == [1, 2, 4]  # all 1 epoch; the better 2 on to 2; the best to 4
