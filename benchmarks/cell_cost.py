@@ -9,8 +9,8 @@ Measured (median of ``--repeats``, after one untimed warm-up epoch of each kind)
 epoch at ``train_batch_size`` of the full-width model (pretraining), of equal sizes and of mixed random sizes at
 ``--sparsity`` (ES; MR and BET's retrainings); one finetuning epoch at BET's finetuning batch; one full-ranking
 validation; BET's sampler and predictor per iteration; for LightGCN with ``trim_columns``, a training epoch, a
-validation and a finetuning epoch of the narrow model at 16, 32 and 64 columns. The epochs a training runs cannot be measured without
-running it to convergence, so the cell estimate multiplies the measured times by epoch counts that are stated
+validation and a finetuning epoch of the narrow model at 16, 32 and 64 columns. The epochs a training runs
+cannot be measured without running it to convergence, so the cell estimate multiplies the measured times by epoch counts that are stated
 (``--epochs_full``, ``--epochs_budgeted``; by default the ml-100k calibration's, results/convergence-ml-100k.md,
 a lower bound on larger data, which converges later).
 
@@ -91,7 +91,7 @@ def measure(dataset: str, model: str, device: str, sparsity: float, repeats: int
         log(f"{arm} epoch: {median:.2f} s {all_s}")
     batch = finetune_batch_size(config, len(ctx.train_data))
     finetune_data = train_loader_with_batch_size(config, ctx.train_data, batch)
-    if ctx.trimmer is not None and ctx.trimmer.enabled:  # trim_columns: trainings on the kept columns only
+    if ctx.trimmer.enabled:  # trim_columns: trainings on the kept columns only
         out["trimmed"] = {}
         for width in TRIM_WIDTHS:
             narrow = ctx.trimmer.narrow(width)

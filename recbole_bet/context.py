@@ -36,12 +36,12 @@ class RunContext:
     user_freq: np.ndarray  # training interactions per user (no padding row)
     item_freq: np.ndarray
     scorer: Scorer
+    trimmer: Trimmer  # where a fixed-mask action trains: LightGCN on its kept columns only (trim_columns)
     checkpoint_path: str = ""  # where a method that searches checkpoints its progress
     resume: bool = False  # continue from checkpoint_path
     # one entry per training to convergence in this run (Convergence.record plus label and seconds): the report's
     # "trainings", so a reader sees whether each converged or hit the epoch cap
     trainings: list = field(default_factory=list)
-    trimmer: Trimmer | None = None  # trains fixed-mask LightGCN actions on their kept columns (trim_columns)
 
     def evaluate(self, data) -> dict:
         return self.scorer.evaluate(data)
@@ -62,19 +62,12 @@ class RunContext:
         """Train to convergence from ``state`` with the given prefix sizes or element mask fixed, RNGs reseeded
         first: (trained weights, validation result, seconds)."""
         start = perf_counter()
-        columns = self.trimmer.columns(sizes, keep) if self.trimmer is not None else None
-        if columns is None:
-            self.reseed()
-            self.masked.load(state, sizes, keep)
-            valid = self.train_to_convergence(label)
-        else:  # the same training on the kept columns only (trimming.py): the narrow model is built before reseeding
-            narrow = self.trimmer.narrow(len(columns))
-            self.reseed()
-            self.trimmer.load(narrow, state, columns, sizes, keep)
-            valid = train_to_convergence(self.config, narrow.model, self.train_data, self.valid_data,
-                                         record=self.trainings, label=label)
+        target, columns = self.trimmer.place(state, sizes, keep, reseed=self.reseed)
+        valid = train_to_convergence(self.config, target.model, self.train_data, self.valid_data,
+                                     record=self.trainings, label=label)
+        if columns is not None:  # trained on the kept columns only (trimming.py): back into the full model
             self.trainings[-1]["columns"] = len(columns)
-            self.trimmer.write_back(narrow, columns, sizes, keep)
+            self.trimmer.write_back(target, columns, sizes, keep)
         return plain_state_dict(self.model), valid, perf_counter() - start
 
     def train_from_scratch(self, sizes, label: str = "from scratch"):
@@ -82,13 +75,15 @@ class RunContext:
         return self.train_from(self.init_state, sizes, label=label)
 
 
-def _frequencies(train_dataset, n_users: int, n_items: int):
+def training_pairs(train_dataset) -> tuple[np.ndarray, np.ndarray]:
+    """0-based (user, item) indices of the training interactions (RecBole's ids less the padding row)."""
     inter = train_dataset.inter_feat
-    users = inter[train_dataset.uid_field].numpy()
-    items = inter[train_dataset.iid_field].numpy()
-    user_freq = np.bincount(users, minlength=n_users + 1)[1:]
-    item_freq = np.bincount(items, minlength=n_items + 1)[1:]
-    return user_freq, item_freq
+    return inter[train_dataset.uid_field].numpy() - 1, inter[train_dataset.iid_field].numpy() - 1
+
+
+def _frequencies(train_dataset, n_users: int, n_items: int):
+    users, items = training_pairs(train_dataset)
+    return np.bincount(users, minlength=n_users), np.bincount(items, minlength=n_items)
 
 
 def context_from(config, model, train_data, valid_data, test_data=None, dataset=None) -> RunContext:
@@ -108,4 +103,4 @@ def context_from(config, model, train_data, valid_data, test_data=None, dataset=
     user_freq, item_freq = _frequencies(train_dataset, masked.n_users, masked.n_items)
     return RunContext(config, dataset, train_data, valid_data, test_data, model, masked, budget,
                       plain_state_dict(model), user_freq, item_freq, Scorer(config, model),
-                      trimmer=Trimmer(config, train_dataset, masked))
+                      Trimmer(config, train_dataset, masked))

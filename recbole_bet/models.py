@@ -10,8 +10,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 # Score at most this many (user, item, hidden) floats at once: bounds memory on any dataset size. On CPU a
-# block that stays in cache (1 MB) scores ml-100k's NeuMF validation 3x faster than 64 MB blocks
-# (docs/performance.md, "Evaluation"); GPUs want large blocks.
+# block that stays in cache (1 MB) scores ml-100k's NeuMF validation 2.5-2.8x faster than 64 MB blocks
+# (docs/performance.md, "Small data"); GPUs want large blocks.
 _CHUNK_ELEMENTS = {"cpu": 1 << 18}
 _CHUNK_ELEMENTS_DEFAULT = 1 << 24
 

@@ -14,7 +14,7 @@ from recbole.utils import get_local_time, init_logger, init_seed
 
 from recbole_bet.budget import make_budget, size_summary
 from recbole_bet.config import make_config
-from recbole_bet.context import RunContext, context_from
+from recbole_bet.context import RunContext, context_from, training_pairs
 from recbole_bet.errors import BadInput
 from recbole_bet.export import artifact_meta, save_artifact
 from recbole_bet.files import atomic_write
@@ -69,13 +69,6 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def _training_pairs(ctx: RunContext):
-    """0-based (user, item) indices of the training interactions (RecBole's ids less the padding row)."""
-    dataset = ctx.train_data.dataset
-    inter = dataset.inter_feat
-    return inter[dataset.uid_field].numpy() - 1, inter[dataset.iid_field].numpy() - 1
-
-
 def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: dict) -> dict:
     b, config = ctx.budget, ctx.config
     kept = b.kept_params(selection.sizes)
@@ -88,7 +81,7 @@ def build_report(ctx: RunContext, selection, valid: dict, test: dict, timings: d
         # false where the method's settings ignore the budget (esapn_budget=none): kept_params may exceed it
         "budget_applied": bool(selection.budget_applied),
         # where the kept units went: users' share, per-side sizes, the pairs' usable width (docs/config.md)
-        "sizes": size_summary(b, selection.sizes, *_training_pairs(ctx), keep=selection.keep),
+        "sizes": size_summary(b, selection.sizes, *training_pairs(ctx.train_data.dataset), keep=selection.keep),
         "valid": pick(valid), "test": pick(test),
         "search": selection.search,
         # every training to convergence of this run: epochs, best epoch, whether it converged or hit the cap

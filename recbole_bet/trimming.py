@@ -82,12 +82,23 @@ class Trimmer:
             self._scorers[width] = Scorer(self.config, narrow.model)
         return self._scorers[width].evaluate(data)
 
-    def load(self, narrow: MaskedTables, state: dict, columns: np.ndarray, sizes=None, keep=None) -> None:
-        """The action's masks and the kept columns of ``state`` (full width, stock layout) on the narrow model."""
+    def place(self, state: dict, sizes=None, keep=None, reseed=None) -> tuple[MaskedTables, np.ndarray | None]:
+        """Load an action (prefix ``sizes`` or element mask ``keep``) and the weights ``state`` (full width, stock
+        layout) where it trains: a narrow model as wide as its kept columns, or the full model where nothing can
+        be trimmed. ``reseed`` is called in between, after any narrow model is built (building draws initial
+        weights). Returns the masked tables that hold the action and its kept columns (None: the full model)."""
+        columns = self.columns(sizes, keep)
+        target = self.masked if columns is None else self.narrow(len(columns))
+        if reseed is not None:
+            reseed()
+        if columns is None:
+            target.load(state, sizes, keep)
+            return target, None
         tables = {f"{t.name}.weight" for t in self.masked.tables}
         narrow_state = {k: v[:, torch.as_tensor(columns)] if k in tables else v for k, v in state.items()}
-        narrow.load(narrow_state, None if keep is not None else sizes,
+        target.load(narrow_state, None if keep is not None else sizes,
                     None if keep is None else np.asarray(keep, dtype=bool)[:, columns])
+        return target, columns
 
     def widen(self, narrow_state: dict, columns: np.ndarray) -> dict:
         """A narrow model's state in the full model's layout: its tables in the kept columns, 0 elsewhere."""

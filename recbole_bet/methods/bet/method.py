@@ -75,21 +75,20 @@ class BET(Method):
         def probe(sizes: np.ndarray, t: int) -> float:
             """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness. With
             ``trim_columns`` (LightGCN) the finetuning runs on the action's kept columns only (trimming.py)."""
-            columns = ctx.trimmer.columns(sizes) if ctx.trimmer is not None else None
-            narrow = None if columns is None else ctx.trimmer.narrow(len(columns))  # built before reseeding
-            ctx.reseed(iteration_seed(config["seed"], t))
-            finetune_data.generator.manual_seed(iteration_seed(config["seed"], t))
-            if narrow is None:
-                ctx.masked.load(pre_state, sizes)
-                finetuner.run(finetune_data, epochs)
-                return quality(ctx.evaluate(fitness_data)) / full_quality
-            ctx.trimmer.load(narrow, pre_state, columns, sizes)
-            finetuner.model = narrow.model  # one finetuner (one TensorBoard writer); run() rebuilds its optimiser
+            seed = iteration_seed(config["seed"], t)
+
+            def reseed():
+                ctx.reseed(seed)
+                finetune_data.generator.manual_seed(seed)
+
+            target, columns = ctx.trimmer.place(pre_state, sizes, reseed=reseed)
+            finetuner.model = target.model  # one finetuner (one TensorBoard writer); run() rebuilds its optimiser
             try:
                 finetuner.run(finetune_data, epochs)
             finally:
                 finetuner.model = ctx.model
-            return quality(ctx.trimmer.evaluate(narrow, fitness_data)) / full_quality
+            scores = ctx.evaluate(fitness_data) if columns is None else ctx.trimmer.evaluate(target, fitness_data)
+            return quality(scores) / full_quality
 
         loop = build_search(ctx, probe)
         if meta:
@@ -251,10 +250,9 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
     logger, config, trimmer = getLogger(), ctx.config, ctx.trimmer
     # with trim_columns (LightGCN) each action trains on a model as wide as its kept columns (trimming.py),
     # built here, before any reseeding
-    columns = [None if trimmer is None else trimmer.columns(member.sizes) for member in top]
-    narrow = [None if c is None else trimmer.narrow(len(c)) for c in columns]
-    trainings = [ContinuedTraining(config, ctx.model if n is None else n.model, ctx.train_data, ctx.valid_data)
-                 for n in narrow]
+    columns = [trimmer.columns(member.sizes) for member in top]
+    trainings = [ContinuedTraining(config, ctx.model if c is None else trimmer.narrow(len(c)).model,
+                                   ctx.train_data, ctx.valid_data) for c in columns]
 
     def full_layout(rank: int, state: dict) -> dict:
         return state if columns[rank] is None else trimmer.widen(state, columns[rank])
@@ -265,14 +263,10 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         last = len(alive) == 1
         for rank in alive:
             # the first part starts as a full retraining starts; a later part gets its own seed
-            ctx.reseed(None if round_no == 0 else config["seed"] + 7919 * round_no + rank)
-            if narrow[rank] is None:
-                ctx.masked.load(weights[rank], top[rank].sizes)
-            else:
-                trimmer.load(narrow[rank], weights[rank], columns[rank], top[rank].sizes)
+            seed = None if round_no == 0 else config["seed"] + 7919 * round_no + rank
+            target, _ = trimmer.place(weights[rank], top[rank].sizes, reseed=lambda: ctx.reseed(seed))
             trainings[rank].advance(trainings[rank].cap if last else until)
-            model = ctx.model if narrow[rank] is None else narrow[rank].model
-            weights[rank] = full_layout(rank, plain_state_dict(model))
+            weights[rank] = full_layout(rank, plain_state_dict(target.model))
             rounds[rank] = round_no
         logger.info(f"halving round {round_no}: {len(alive)} action(s) at {max(t.epochs for t in trainings)} "
                     "epochs at most")
