@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy.stats import ttest_rel
 
 from recbole_bet.grid.cells import cell_state, grid_cells
 from recbole_bet.grid.load import load_grid
-from recbole_bet.grid.stats import wins_ties_losses
+from recbole_bet.grid.stats import variants_against_bet, wins_ties_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "grids" / "tiny.yaml"
@@ -276,6 +277,25 @@ def test_wins_ties_losses():
     tally = wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
     assert (tally["a"]["win"], tally["a"]["tie"], tally["a"]["loss"]) == (1, 1, 0)
     assert (tally["b"]["win"], tally["b"]["tie"], tally["b"]["loss"]) == (0, 1, 1)
+
+
+def test_variants_against_bet_pair_seeds_on_validation_and_test():
+    # a BET variant with one seed more than bet: only the paired seeds count; baselines and @1 rows are left out
+    groups = {}
+    for label, base, valid, test, retrain in (
+            ("bet", "bet", [0.30, 0.31, 0.32], [0.28, 0.29, 0.30], [100, 200, 300]),
+            ("bet-x", "bet", [0.31, 0.33, 0.33, 0.9], [0.28, 0.28, 0.31, 0.9], [10, 20, 30, 40]),
+            ("bet-x@1", "bet", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [1, 1, 1]),
+            ("es", "es", [0.2, 0.2, 0.2], [0.2, 0.2, 0.2], [None, None, None])):
+        rows = [{"seed": k, "valid_ndcg@20": v, "test_recall@20": t, "retrain_s": r}
+                for k, (v, t, r) in enumerate(zip(valid, test, retrain))]
+        groups[label, 0.9] = {"rows": rows, "seeds": dict(enumerate(rows)), "base": base, "budget_applied": True}
+    [entry] = variants_against_bet(groups, [0.9], ["bet", "bet-x", "bet-x@1", "es"])
+    assert entry["label"] == "bet-x" and entry["n"] == 3
+    assert entry["delta_valid"] == pytest.approx((0.01 + 0.02 + 0.01) / 3)
+    assert entry["delta_test"] == pytest.approx(0.0)
+    assert entry["p_valid"] == pytest.approx(ttest_rel([0.31, 0.33, 0.33], [0.30, 0.31, 0.32]).pvalue)
+    assert (entry["retrain_s"], entry["bet_retrain_s"]) == (pytest.approx(20), pytest.approx(200))
 
 
 def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):

@@ -1,5 +1,5 @@
 """Statistics over seeds: mean ± std per method and sparsity, BET's paired t-test against its best rival,
-and BET's wins/ties/losses against every baseline. numpy and scipy are imported when first needed."""
+BET's wins/ties/losses against every baseline, and each BET variant (ablation) against BET. numpy and scipy are imported when first needed."""
 from __future__ import annotations
 
 import math
@@ -104,4 +104,33 @@ def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str =
             t = out.setdefault(rival, {"win": 0, "tie": 0, "loss": 0, "detail": []})
             t[outcome] += 1
             t["detail"].append((s, delta, p))
+    return out
+
+
+def variants_against_bet(groups: dict, sparsities: list, labels: list) -> list:
+    """Every other label run by the BET method (an ablation's lever; ``@1`` rows left out) against ``bet`` over
+    their paired seeds: the difference in validation NDCG@20 (what a default is chosen on) and in test
+    Recall@20 (reported only), each with its paired t-test, and both rows' mean retraining seconds."""
+    out = []
+    for s in sparsities:
+        bet = groups.get(("bet", s))
+        if not bet or not bet["rows"]:
+            continue
+        for label in labels:
+            other = groups.get((label, s))
+            if label == "bet" or label.endswith("@1") or not other or other["base"] != "bet" or not other["rows"]:
+                continue
+            entry = {"sparsity": s, "label": label}
+            for key, column in (("valid", "valid_ndcg@20"), ("test", "test_recall@20")):
+                a = {k: r[column] for k, r in other["seeds"].items() if r.get(column) is not None}
+                b = {k: r[column] for k, r in bet["seeds"].items() if r.get(column) is not None}
+                seeds = sorted(set(a) & set(b))
+                entry["n"] = len(seeds)
+                entry[f"delta_{key}"] = sum(a[k] - b[k] for k in seeds) / len(seeds) if seeds else None
+                entry[f"p_{key}"] = p_value(a, b)[0]
+            seeds = sorted(set(other["seeds"]) & set(bet["seeds"]))
+            for name, g in (("retrain_s", other), ("bet_retrain_s", bet)):
+                values = [g["seeds"][k].get("retrain_s") for k in seeds]
+                entry[name] = mean_std(values)[0] if seeds and None not in values else None
+            out.append(entry)
     return out

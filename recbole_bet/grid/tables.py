@@ -11,7 +11,7 @@ from pathlib import Path
 from recbole_bet.grid.cells import shown
 from recbole_bet.grid.load import METRICS, SHORT, Grid, grids_dir
 from recbole_bet.grid.rows import CSV_COLUMNS, collect, merge_set, n_asked, previous_rows
-from recbole_bet.grid.stats import significance, summarize, wins_ties_losses
+from recbole_bet.grid.stats import significance, summarize, variants_against_bet, wins_ties_losses
 
 
 def _fmt_ms(mean, std, digits=4) -> str:
@@ -147,6 +147,23 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 detail = "; ".join(f"{s:g}: {d:+.4f}, {'n/a' if p is None else f'{p:.3f}'}"
                                    for s, d, p in t["detail"])
                 lines.append(f"| {rival} | {t['win']} | {t['tie']} | {t['loss']} | {detail} |")
+            lines.append("")
+        variants = variants_against_bet(groups, sparsities, labels)
+        if variants:
+            lines += ["BET's variants (other labels of the BET method: an ablation's levers) against `bet` over their "
+                      "paired seeds: Δ = variant - bet. A default is chosen on validation NDCG@20; test Recall@20 only "
+                      "reports. Paired t-tests (`scipy.stats.ttest_rel`); *retrain s* is the mean retraining time "
+                      "(`timings_s.retrain`) of the variant / of bet over the same seeds.", "",
+                      "| variant | sparsity | paired seeds | Δ valid N@20 | p (valid) | Δ test R@20 | p (test) | retrain s |",
+                      "|---|---|--:|--:|--:|--:|--:|--:|"]
+            for e in variants:
+                def num(v, fmt):
+                    return "n/a" if v is None else format(v, fmt)
+                retrain = ("–" if e["retrain_s"] is None or e["bet_retrain_s"] is None
+                           else f"{e['retrain_s']:.0f} / {e['bet_retrain_s']:.0f}")
+                lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | {num(e['delta_valid'], '+.4f')} | "
+                             f"{num(e['p_valid'], '.3f')} | {num(e['delta_test'], '+.4f')} | {num(e['p_test'], '.3f')} | "
+                             f"{retrain} |")
             lines.append("")
     if sources:
         lines += ["Paper columns: " + "; ".join(sources) + ".", ""]
