@@ -274,7 +274,9 @@ def test_wins_ties_losses():
                              ("a", 0.8, [0.31, 0.30, 0.32]), ("b", 0.8, [0.29, 0.33, 0.31])):
         rows = [{"seed": k, "test_recall@20": v} for k, v in enumerate(values)]
         groups[label, s] = {"rows": rows, "seeds": dict(enumerate(rows)), "budget_applied": True}
-    tally = wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b"])
+    groups["bet-x", 0.9] = dict(groups["a", 0.9], base="bet")  # a BET variant is no baseline
+    tally = wins_ties_losses(groups, [0.8, 0.9], ["bet", "a", "b", "bet-x"])
+    assert "bet-x" not in tally
     assert (tally["a"]["win"], tally["a"]["tie"], tally["a"]["loss"]) == (1, 1, 0)
     assert (tally["b"]["win"], tally["b"]["tie"], tally["b"]["loss"]) == (0, 1, 1)
 
@@ -296,6 +298,33 @@ def test_variants_against_bet_pair_seeds_on_validation_and_test():
     assert entry["delta_test"] == pytest.approx(0.0)
     assert entry["p_valid"] == pytest.approx(ttest_rel([0.31, 0.33, 0.33], [0.30, 0.31, 0.32]).pvalue)
     assert (entry["retrain_s"], entry["bet_retrain_s"]) == (pytest.approx(20), pytest.approx(200))
+
+
+def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path):
+    """``bet@1`` is the fittest action's full retraining; under successive halving that action may have been stopped
+    after a short round, so a halving cell gives no ``@1`` row."""
+    from recbole_bet.grid.rows import collect
+
+    spec = {"name": "fake", "datasets": ["toy"], "models": ["LightGCN"], "sparsities": [0.9], "seeds": [1],
+            "methods": ["bet", {"label": "bet-halving", "method": "bet",
+                                "config": {"bet_retrain_schedule": "halving"}}],
+            "output_root": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    g = load_grid(path)
+    for cell in grid_cells(g):
+        _fake_report(cell, 0.3, 0.3)
+        report = json.loads(cell.report_path.read_text())
+        first = {"kept_params": 90, "valid": {"ndcg@20": 0.2}, "test": {"recall@20": 0.25}}
+        report.update(full_params=1000, search={"retrained": [first, dict(first)],
+                                                "retrain_schedule": "halving" if "halving" in cell.spec.label
+                                                else "top_k"})
+        cell.report_path.write_text(json.dumps(report))
+    rows, expected = collect([g], "toy")
+    assert sorted(r["method"] for r in rows) == ["bet", "bet-halving", "bet@1"]
+    one = next(r for r in rows if r["method"] == "bet@1")
+    assert one["test_recall@20"] == 0.25 and one["selected_from"] == 1 and one["realized_sparsity"] == 0.91
+    assert ("LightGCN", "bet-halving@1", 0.9) not in expected
 
 
 def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):

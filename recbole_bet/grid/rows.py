@@ -124,7 +124,10 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
         row["max_epochs"] = max((t.get("epochs") or 0 for t in trainings), default=None) if trainings else None
         rows.append(row)
-        if retrained and "test" in retrained[0]:  # bet@1: the fittest action retrained once, no extra cost
+        # bet@1: the fittest action retrained once, at no extra cost. Not under successive halving, whose first
+        # action may have been stopped after one short round: its metrics are not a training to convergence.
+        halving = (report.get("search") or {}).get("retrain_schedule") == "halving"
+        if retrained and "test" in retrained[0] and not halving:
             first = retrained[0]
             one = dict(row, method=f"{label}@1", selected_from=1, output_dir=f"{cell.dir_arg}#@1",
                        realized_sparsity=1 - first["kept_params"] / report["full_params"],

@@ -83,7 +83,7 @@ def significance(groups: dict, sparsities: list, labels: list) -> list:
 
 
 def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str = "recall@20") -> dict:
-    """BET (label ``bet``) against every other label that met the budget: per rival, the count of sparsities
+    """BET (label ``bet``) against every other label that met the budget and is not a BET variant: per rival, the count of sparsities
     where BET wins / ties / loses (paired t-test on ``metric``, p < 0.05), with (sparsity, Δ, p) each."""
     out = {}
     for rival in labels:
@@ -92,6 +92,8 @@ def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str =
         for s in sparsities:
             bet, other = groups.get(("bet", s)), groups.get((rival, s))
             if not bet or not other or not bet["rows"] or not other["rows"] or not other["budget_applied"]:
+                continue
+            if other.get("base") == "bet":  # BET's own variants: variants_against_bet compares them
                 continue
             a = {k: r[f"test_{metric}"] for k, r in bet["seeds"].items()}
             b = {k: r[f"test_{metric}"] for k, r in other["seeds"].items()}
