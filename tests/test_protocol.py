@@ -305,3 +305,19 @@ def test_bet_successive_halving_runs_end_to_end(tmp_path):
         [f"halving, action {k}" for k in range(1, len(retrained) + 1)]
     assert retrained[search["chosen"]]["epochs"] == max(e["epochs"] for e in retrained)
     assert report["valid"]["ndcg@20"] == pytest.approx(retrained[search["chosen"]]["valid"]["ndcg@20"])
+
+
+def test_the_paper_profile_selects_the_papers_bet(tmp_path):
+    """``--config_files="paper quick"``: properties/paper.yaml switches every selectable lever to the paper's
+    behaviour, whatever the defaults are, and the report says so."""
+    out = tmp_path / "bet"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files=paper {QUICK}", "--epochs=2",
+                   "--method=bet", "--sparsity=0.9", f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    search = json.loads((out / "report.json").read_text())["search"]
+    assert {k: search[k] for k in ("sampler", "distribution_draw", "sides", "retrain_init", "retrain_schedule",
+                                   "retrain_pick")} == {
+        "sampler": "paper", "distribution_draw": "per_iteration", "sides": "independent", "retrain_init": "scratch",
+        "retrain_schedule": "top_k", "retrain_pick": "fittest"}
+    assert search["finetune_batch_size"] == 10000  # the paper's, not scaled to ml-100k
+    assert len(search["retrained"]) == 2 and all("round" not in e for e in search["retrained"])
