@@ -30,6 +30,17 @@ def _fmt_wall(seconds) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _table_head(intro: str, head: list, left: tuple) -> list:
+    """An explaining paragraph, then a markdown table's header: the columns in ``left`` left-aligned (text), the
+    others right-aligned (numbers)."""
+    return [intro, "", "| " + " | ".join(head) + " |",
+            "|" + "|".join("---" if k in left else "--:" for k in range(len(head))) + "|"]
+
+
+def _num(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
 def _paper_for(grids: list, dataset: str) -> tuple:
     paper, sources = {}, []
     for g in grids:
@@ -121,17 +132,15 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                       "the t-test.", ""]
         sig = significance(groups, sparsities, labels)
         if sig:
-            lines += ["Paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided, test metrics): BET (label `bet`) "
-                      "against the non-BET method that met the budget with the best mean test Recall@20 at that "
-                      "sparsity. "
-                      "Δ = BET mean - that method's mean.", "",
-                      "| sparsity | BET vs | paired seeds | Δ R@20 | p (R@20) | Δ N@20 | p (N@20) |",
-                      "|---|---|--:|--:|--:|--:|--:|"]
+            lines += _table_head("Paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided, test metrics): BET "
+                                 "(label `bet`) against the non-BET method that met the budget with the best mean test "
+                                 "Recall@20 at that sparsity. Δ = BET mean - that method's mean.",
+                                 ["sparsity", "BET vs", "paired seeds", "Δ R@20", "p (R@20)", "Δ N@20", "p (N@20)"], left=(0, 1))
             for e in sig:
                 if e["rival"] is None:
                     lines.append(f"| {e['sparsity']:g} | (no baseline finished) | – | – | n/a | – | n/a |")
                     continue
-                ps = {m: ("n/a" if e[m] is None else f"{e[m]:.4f}") for m in ("recall@20", "ndcg@20")}
+                ps = {m: _num(e[m], ".4f") for m in ("recall@20", "ndcg@20")}
                 lines.append(f"| {e['sparsity']:g} | {e['rival']} | {e['n']} | {e['delta_recall@20']:+.4f} | "
                              f"{ps['recall@20']} | {e['delta_ndcg@20']:+.4f} | {ps['ndcg@20']} |")
             lines.append("")
@@ -139,10 +148,10 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 lines += ["n/a: fewer than 2 seeds finished for both methods (or all paired differences equal).", ""]
         tally = wins_ties_losses(groups, sparsities, labels)
         if tally:
-            lines += ["BET (label `bet`) against each baseline over the sparsities where both have paired seeds: "
-                      "a win or a loss is a paired t-test on test Recall@20 with p < 0.05 in that direction, "
-                      "anything else a tie.", "",
-                      "| baseline | wins | ties | losses | sparsities (Δ R@20, p) |", "|---|--:|--:|--:|---|"]
+            lines += _table_head("BET (label `bet`) against each baseline over the sparsities where both have paired "
+                                 "seeds: a win or a loss is a paired t-test on test Recall@20 with p < 0.05 in that "
+                                 "direction, anything else a tie.",
+                                 ["baseline", "wins", "ties", "losses", "sparsities (Δ R@20, p)"], left=(0, 4))
             for rival, t in tally.items():
                 detail = "; ".join(f"{s:g}: {d:+.4f}, {'n/a' if p is None else f'{p:.3f}'}"
                                    for s, d, p in t["detail"])
@@ -150,19 +159,18 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             lines.append("")
         variants = variants_against_bet(groups, sparsities, labels)
         if variants:
-            lines += ["BET's variants (other labels of the BET method: an ablation's levers) against `bet` over their "
-                      "paired seeds: Δ = variant - bet. A default is chosen on validation NDCG@20; test Recall@20 only "
-                      "reports. Paired t-tests (`scipy.stats.ttest_rel`); *retrain s* is the mean retraining time "
-                      "(`timings_s.retrain`) of the variant / of bet over the same seeds.", "",
-                      "| variant | sparsity | paired seeds | Δ valid N@20 | p (valid) | Δ test R@20 | p (test) | retrain s |",
-                      "|---|---|--:|--:|--:|--:|--:|--:|"]
+            lines += _table_head("BET's variants (other labels of the BET method: an ablation's levers) against `bet` "
+                                 "over their paired seeds: Δ = variant - bet. A default is chosen on validation "
+                                 "NDCG@20; test Recall@20 only reports. Paired t-tests (`scipy.stats.ttest_rel`); "
+                                 "*retrain s* is the mean retraining time (`timings_s.retrain`) of the variant / of bet "
+                                 "over the same seeds.",
+                                 ["variant", "sparsity", "paired seeds", "Δ valid N@20", "p (valid)", "Δ test R@20",
+                                  "p (test)", "retrain s"], left=(0, 1))
             for e in variants:
-                def num(v, fmt):
-                    return "n/a" if v is None else format(v, fmt)
                 retrain = ("–" if e["retrain_s"] is None or e["bet_retrain_s"] is None
                            else f"{e['retrain_s']:.0f} / {e['bet_retrain_s']:.0f}")
-                lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | {num(e['delta_valid'], '+.4f')} | "
-                             f"{num(e['p_valid'], '.3f')} | {num(e['delta_test'], '+.4f')} | {num(e['p_test'], '.3f')} | "
+                lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | {_num(e['delta_valid'], '+.4f')} | "
+                             f"{_num(e['p_valid'], '.3f')} | {_num(e['delta_test'], '+.4f')} | {_num(e['p_test'], '.3f')} | "
                              f"{retrain} |")
             lines.append("")
     if sources:
