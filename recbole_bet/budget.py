@@ -252,13 +252,21 @@ def allocate_sorted(weights_desc: np.ndarray, totals: np.ndarray, d_min: int, d_
     np.multiply(w, lam[:, None], out=w)
     np.clip(w, d_min, d_max, out=w)
     sizes = np.floor(w, out=w).astype(np.int16)
-    lost = totals - sizes.sum(axis=1, dtype=np.int64)
-    start = (sizes == d_max).sum(axis=1)  # capped entities form a prefix
-    lost = np.clip(lost, 0, n - start)
-    idx = np.arange(n)
-    sizes += ((idx >= start[:, None]) & (idx < (start + lost)[:, None])).astype(np.int16)
+    give_lost_units(sizes, totals, d_max)
     _repair_totals(sizes, totals, d_min, d_max)
     return sizes
+
+
+def give_lost_units(sizes: np.ndarray, totals, d_max: int) -> None:
+    """In place: the units by which each descending row of floored sizes falls short of its total (fewer than
+    the row's entities below d_max) go one each to the first entities below d_max, in rank order. Rows stay
+    descending and within d_max; a row at or over its total is left as it is."""
+    n = sizes.shape[1]
+    lost = np.asarray(totals, dtype=np.int64) - sizes.sum(axis=1, dtype=np.int64)
+    start = (sizes >= d_max).sum(axis=1)  # capped entities form a prefix
+    lost = np.clip(lost, 0, n - start)
+    idx = np.arange(n)
+    sizes += ((idx >= start[:, None]) & (idx < (start + lost)[:, None])).astype(sizes.dtype)
 
 
 def _repair_totals(sizes: np.ndarray, totals: np.ndarray, d_min: int, d_max: int) -> None:

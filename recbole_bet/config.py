@@ -203,7 +203,7 @@ def validate(config) -> None:
             raise BadInput(f"bet_finetune_batch_size must be 'auto' or an integer >= 1, got {value!r} "
                            "(e.g. --bet_finetune_batch_size=10000, the paper's)")
     for key, allowed in (("es_fill", ("frequency", "none")), ("es_init", ("scratch", "pretrained")),
-                         ("sseds_init", ("pretrained", "scratch")), ("bet_sampler", ("exact", "paper")),
+                         ("sseds_init", ("pretrained", "scratch")), ("bet_sampler", ("exact", "paper", "paper_filled")),
                          ("bet_distribution_draw", ("per_candidate", "per_iteration")),
                          ("bet_retrain_init", ("scratch", "pretrained")),
                          ("bet_retrain_schedule", ("top_k", "halving")),

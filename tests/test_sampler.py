@@ -110,6 +110,30 @@ def test_paper_sizes_are_proportional_floors_and_draws_above_d_max_are_redrawn(s
         assert 0.2 < sampler.rejected / (sampler.rejected + 60) < 0.7
 
 
+@pytest.mark.parametrize("sparsity", [0.8, 0.95])
+def test_paper_filled_is_the_papers_sizing_with_the_floors_losses_given_out(sparsity):
+    """paper_filled: on the same weights, the paper's proportional floors plus at most one unit per entity, so that
+    a side meets its total exactly; kept candidates use the budget exactly, within d_max, descending by frequency.
+    A draw whose one side the d_min floor pushed over its total was let through by the paper only because
+    flooring wasted budget on the other side: filled, it is over the budget and is drawn again."""
+    budget, paper, _, _ = _skewed(sparsity, "paper", "per_iteration")
+    _, filled, user_freq, item_freq = _skewed(sparsity, "paper_filled", "per_iteration")
+    weights = -np.sort(-np.random.default_rng(0).lognormal(0, 0.5, size=(30, budget.n_users)), axis=1)
+    totals = np.full(30, budget.budget_units // 3)
+    a, b = paper._sizes(weights, totals), filled._sizes(weights, totals)
+    extra = b - a
+    assert extra.min() == 0 and extra.max() == 1 and (a.sum(axis=1) < totals).all()
+    assert (b.sum(axis=1) == totals).all() and (np.diff(b, axis=1) <= 0).all()
+    sizes, _ = filled.sample_with_info(40, np.random.default_rng(2))
+    paper.sample_with_info(40, np.random.default_rng(2))
+    assert filled.rejected >= paper.rejected
+    assert (budget.kept_params_many(sizes) == budget.budget_params).all()
+    assert sizes.max() <= 128 and sizes.min() >= 1
+    for side, freq in ((slice(0, budget.n_users), user_freq), (slice(budget.n_users, None), item_freq)):
+        order = np.argsort(-freq, kind="stable")
+        assert (np.diff(sizes[:, side][:, order].astype(int), axis=1) <= 0).all()
+
+
 def test_per_iteration_draws_share_one_family_per_side():
     budget, sampler, _, _ = _skewed(0.9, "exact", "per_iteration")
     for seed in range(5):

@@ -9,7 +9,9 @@ training-frequency rank (the most frequent gets the largest).
 Differences from the authors' code (see docs/deviations.md): no rejection loop and no ``max(1, .)`` after
 flooring, so a candidate can never exceed the budget; rounding wastes no budget. The paper's own sizing stays
 selectable (``mode="paper"``, key ``bet_sampler``): sizes floor(p / sum(p) * share), at least d_min, and any
-candidate with a size above d_max (or, as no candidate may, over the budget) is drawn again. ``draw`` chooses
+candidate with a size above d_max (or, as no candidate may, over the budget) is drawn again. ``paper_filled`` is
+the paper's sizing and redrawing with the units flooring loses given out as ``exact`` gives them (one each to
+the highest-ranked entities below d_max), so that a kept candidate uses its share. ``draw`` chooses
 whether each candidate draws its own distributions (``per_candidate``) or one family and parameter per side
 serve the whole iteration (``per_iteration``: Algorithm 1 draws them in line 4, before the m candidates of
 line 5). ``sides`` (key ``bet_sides``, not in the paper): ``independent`` as above, or ``tied``: one distribution
@@ -23,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from recbole_bet.budget import Budget, allocate_sorted, assign_by_rank, split_total
+from recbole_bet.budget import Budget, allocate_sorted, assign_by_rank, give_lost_units, split_total
 
 DISTRIBUTIONS = ("powerlaw", "truncnorm", "truncexpon", "lognorm")
 DEFAULT_BETA_MAX = {"powerlaw": 20.0, "truncnorm": 20.0, "truncexpon": 5.0, "lognorm": 0.5}
@@ -56,7 +58,7 @@ def _quantile(kind: str, beta: np.ndarray, u: np.ndarray) -> np.ndarray:
     raise ValueError(kind)
 
 
-SAMPLER_MODES = ("exact", "paper")
+SAMPLER_MODES = ("exact", "paper", "paper_filled")
 DRAWS = ("per_candidate", "per_iteration")
 SIDES = ("independent", "tied")
 MAX_REJECTION_ROUNDS = 200  # the paper's sampler redraws rejected candidates; give up (an error) after this
@@ -117,6 +119,10 @@ class ActionSampler:
     def _sizes(self, weights_desc: np.ndarray, totals: np.ndarray) -> np.ndarray:
         if self.mode == "paper":
             return proportional_sizes(weights_desc, totals, self.budget.d_min)
+        if self.mode == "paper_filled":  # the same, without the budget that flooring leaves unused
+            sizes = proportional_sizes(weights_desc, totals, self.budget.d_min)
+            give_lost_units(sizes, totals, self.budget.d_max)  # never lifts a size above d_max: same redraws
+            return sizes
         return allocate_sorted(weights_desc, totals, self.budget.d_min, self.budget.d_max)
 
     def _info(self, kinds, betas, i: int) -> dict:
@@ -157,7 +163,7 @@ class ActionSampler:
             sizes, info = self._draw(m, rng, families)
             if self.mode == "exact":
                 kept, infos = [sizes], info
-                break
+                break  # paper and paper_filled: redraw candidates above d_max
             ok = (sizes.max(axis=1) <= b.d_max) & (b.kept_params_many(sizes) <= b.budget_params)
             self.rejected += int((~ok).sum())
             kept.append(sizes[ok])
