@@ -3,7 +3,7 @@
     python tests/kill_runner.py EVENT N run_bet.py-args...
 
 EVENT: finetune (inside the N-th finetuning), evaluate (inside the N-th evaluation), checkpoint (the N-th
-checkpoint: temp file written, not yet renamed), retrain (inside the N-th from-scratch training).
+checkpoint: temp file written, not yet renamed), retrain (inside the N-th retraining of a top action).
 """
 import os
 import signal
@@ -45,7 +45,8 @@ def main():
 
         checkpoint.os.replace = replace
     elif event == "retrain":
-        pipeline.RunContext.train_from_scratch = kill_on_nth(pipeline.RunContext.train_from_scratch)
+        # every retraining of the top actions goes through train_from (from scratch or from the pretrained weights)
+        pipeline.RunContext.train_from = kill_on_nth(pipeline.RunContext.train_from)
     else:
         raise SystemExit(f"unknown event {event}")
     from recbole_bet.cli import run_bet_main

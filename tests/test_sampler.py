@@ -134,6 +134,32 @@ def test_paper_filled_is_the_papers_sizing_with_the_floors_losses_given_out(spar
         assert (np.diff(sizes[:, side][:, order].astype(int), axis=1) <= 0).all()
 
 
+def test_an_iteration_whose_family_yields_no_candidate_draws_another():
+    """per_iteration with the paper's sizing: if the iteration's family gives no candidate within d_max and the
+    budget in MAX_REJECTION_ROUNDS rounds, the iteration draws another family instead of failing (a ml-100k
+    LightGCN search at 0.9 with paper_filled hit such a family)."""
+    from recbole_bet.methods.bet import sampler as sampler_module
+
+    budget, sampler, _, _ = _skewed(0.9, "paper_filled", "per_iteration")
+    real_draw, seen = sampler._draw, []
+
+    def draw(m, rng, families):
+        sizes, info = real_draw(m, rng, families)
+        seen.append(tuple(families[0]))
+        if len(set(seen)) == 1:  # every draw of the first family is over d_max
+            sizes = sizes.copy()
+            sizes[:, 0] = budget.d_max + 1
+        return sizes, info
+
+    sampler._draw = draw
+    sizes = sampler.sample(10, np.random.default_rng(0))
+    assert len(sizes) == 10 and sizes.max() <= budget.d_max
+    assert seen.count(seen[0]) == sampler_module.MAX_REJECTION_ROUNDS and len(set(seen)) == 2
+    sampler._draw = lambda m, rng, families: (np.full((m, budget.n_entities), budget.d_max + 1), [{}] * m)
+    with pytest.raises(RuntimeError, match="use bet_sampler: exact"):
+        sampler.sample(10, np.random.default_rng(0))
+
+
 def test_per_iteration_draws_share_one_family_per_side():
     budget, sampler, _, _ = _skewed(0.9, "exact", "per_iteration")
     for seed in range(5):

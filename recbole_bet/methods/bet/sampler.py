@@ -62,6 +62,7 @@ SAMPLER_MODES = ("exact", "paper", "paper_filled")
 DRAWS = ("per_candidate", "per_iteration")
 SIDES = ("independent", "tied")
 MAX_REJECTION_ROUNDS = 200  # the paper's sampler redraws rejected candidates; give up (an error) after this
+MAX_FAMILY_REDRAWS = 20  # per_iteration: families drawn again for an iteration whose family yields no candidate
 
 
 def proportional_sizes(weights_desc: np.ndarray, totals: np.ndarray, d_min: int) -> np.ndarray:
@@ -159,7 +160,14 @@ class ActionSampler:
         if self.draw == "per_iteration":  # one family and parameter per side for the whole iteration
             families = [(int(rng.integers(0, len(DISTRIBUTIONS))), float(rng.uniform(0.0, 1.0))) for _ in range(2)]
         kept, infos = [], []
-        for _ in range(MAX_REJECTION_ROUNDS):
+        for round_ in range(MAX_REJECTION_ROUNDS * (MAX_FAMILY_REDRAWS + 1)):
+            if families is not None and round_ and round_ % MAX_REJECTION_ROUNDS == 0 and not infos:
+                # the iteration's family gave no candidate within d_max and the budget in all these rounds (a
+                # peaked distribution, or one side pushed over its share by d_min): draw the iteration another
+                families = [(int(rng.integers(0, len(DISTRIBUTIONS))), float(rng.uniform(0.0, 1.0)))
+                            for _ in range(2)]
+            elif round_ == MAX_REJECTION_ROUNDS and families is None:
+                break
             sizes, info = self._draw(m, rng, families)
             if self.mode == "exact":
                 kept, infos = [sizes], info
@@ -170,9 +178,9 @@ class ActionSampler:
             infos += [i for i, good in zip(info, ok) if good]
             if len(infos) >= m:
                 break
-        else:
+        if len(infos) < m:
             raise RuntimeError(f"the paper's sampler found {len(infos)} of {m} candidates within d_max and the "
-                               f"budget in {MAX_REJECTION_ROUNDS} rounds; use bet_sampler: exact")
+                               f"budget in {round_ + 1} rounds; use bet_sampler: exact")
         sizes = np.concatenate(kept)[:m].astype(np.int16)
         if not (b.kept_params_many(sizes) <= b.budget_params).all():  # the hard guarantee, checked
             raise RuntimeError("sampler produced a candidate over budget")
