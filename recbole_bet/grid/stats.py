@@ -1,5 +1,6 @@
 """Statistics over seeds: mean ± std per method and sparsity, BET's paired t-test against its best rival,
-BET's wins/ties/losses against every baseline, and each BET variant (ablation) against BET. numpy and scipy are imported when first needed."""
+BET's wins/ties/losses against every baseline, and each BET variant (ablation) against BET. numpy and scipy are
+imported when first needed."""
 from __future__ import annotations
 
 import math
@@ -83,8 +84,9 @@ def significance(groups: dict, sparsities: list, labels: list) -> list:
 
 
 def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str = "recall@20") -> dict:
-    """BET (label ``bet``) against every other label that met the budget and is not a BET variant: per rival, the count of sparsities
-    where BET wins / ties / loses (paired t-test on ``metric``, p < 0.05), with (sparsity, Δ, p) each."""
+    """BET (label ``bet``) against every other label that met the budget and is not a BET variant: per rival, the
+    count of sparsities where BET wins / ties / loses (paired t-test on ``metric``, p < 0.05), with (sparsity, Δ,
+    p) each."""
     out = {}
     for rival in labels:
         if rival == "bet":
@@ -122,15 +124,14 @@ def variants_against_bet(groups: dict, sparsities: list, labels: list) -> list:
             other = groups.get((label, s))
             if label == "bet" or label.endswith("@1") or not other or other["base"] != "bet" or not other["rows"]:
                 continue
-            entry = {"sparsity": s, "label": label}
-            for key, column in (("valid", "valid_ndcg@20"), ("test", "test_recall@20")):
-                a = {k: r[column] for k, r in other["seeds"].items() if r.get(column) is not None}
-                b = {k: r[column] for k, r in bet["seeds"].items() if r.get(column) is not None}
-                seeds = sorted(set(a) & set(b))
-                entry["n"] = len(seeds)
-                entry[f"delta_{key}"] = sum(a[k] - b[k] for k in seeds) / len(seeds) if seeds else None
-                entry[f"p_{key}"] = p_value(a, b)[0]
             seeds = sorted(set(other["seeds"]) & set(bet["seeds"]))
+            entry = {"sparsity": s, "label": label, "n": len(seeds)}
+            for key, column in (("valid", "valid_ndcg@20"), ("test", "test_recall@20")):
+                a = {k: other["seeds"][k].get(column) for k in seeds if other["seeds"][k].get(column) is not None}
+                b = {k: bet["seeds"][k].get(column) for k in seeds if bet["seeds"][k].get(column) is not None}
+                both = sorted(set(a) & set(b))
+                entry[f"delta_{key}"] = sum(a[k] - b[k] for k in both) / len(both) if both else None
+                entry[f"p_{key}"] = p_value(a, b)[0]
             for name, g in (("retrain_s", other), ("bet_retrain_s", bet)):
                 values = [g["seeds"][k].get("retrain_s") for k in seeds]
                 entry[name] = mean_std(values)[0] if seeds and None not in values else None

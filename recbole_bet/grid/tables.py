@@ -135,7 +135,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             lines += _table_head("Paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided, test metrics): BET "
                                  "(label `bet`) against the non-BET method that met the budget with the best mean test "
                                  "Recall@20 at that sparsity. Δ = BET mean - that method's mean.",
-                                 ["sparsity", "BET vs", "paired seeds", "Δ R@20", "p (R@20)", "Δ N@20", "p (N@20)"], left=(0, 1))
+                                 ["sparsity", "BET vs", "paired seeds", "Δ R@20", "p (R@20)", "Δ N@20", "p (N@20)"],
+                                 left=(0, 1))
             for e in sig:
                 if e["rival"] is None:
                     lines.append(f"| {e['sparsity']:g} | (no baseline finished) | – | – | n/a | – | n/a |")
@@ -169,9 +170,9 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
             for e in variants:
                 retrain = ("–" if e["retrain_s"] is None or e["bet_retrain_s"] is None
                            else f"{e['retrain_s']:.0f} / {e['bet_retrain_s']:.0f}")
-                lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | {_num(e['delta_valid'], '+.4f')} | "
-                             f"{_num(e['p_valid'], '.3f')} | {_num(e['delta_test'], '+.4f')} | {_num(e['p_test'], '.3f')} | "
-                             f"{retrain} |")
+                numbers = [_num(e["delta_valid"], "+.4f"), _num(e["p_valid"], ".3f"), _num(e["delta_test"], "+.4f"),
+                           _num(e["p_test"], ".3f"), retrain]
+                lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | " + " | ".join(numbers) + " |")
             lines.append("")
     if sources:
         lines += ["Paper columns: " + "; ".join(sources) + ".", ""]

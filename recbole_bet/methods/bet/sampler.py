@@ -156,31 +156,29 @@ class ActionSampler:
 
     def sample_with_info(self, m: int, rng: np.random.Generator):
         b = self.budget
-        families = None
-        if self.draw == "per_iteration":  # one family and parameter per side for the whole iteration
-            families = [(int(rng.integers(0, len(DISTRIBUTIONS))), float(rng.uniform(0.0, 1.0))) for _ in range(2)]
+        per_iteration = self.draw == "per_iteration"  # one family and parameter per side for the whole iteration
         kept, infos = [], []
-        for round_ in range(MAX_REJECTION_ROUNDS * (MAX_FAMILY_REDRAWS + 1)):
-            if families is not None and round_ and round_ % MAX_REJECTION_ROUNDS == 0 and not infos:
-                # the iteration's family gave no candidate within d_max and the budget in all these rounds (a
-                # peaked distribution, or one side pushed over its share by d_min): draw the iteration another
-                families = [(int(rng.integers(0, len(DISTRIBUTIONS))), float(rng.uniform(0.0, 1.0)))
-                            for _ in range(2)]
-            elif round_ == MAX_REJECTION_ROUNDS and families is None:
-                break
-            sizes, info = self._draw(m, rng, families)
-            if self.mode == "exact":
-                kept, infos = [sizes], info
-                break  # paper and paper_filled: redraw candidates above d_max
-            ok = (sizes.max(axis=1) <= b.d_max) & (b.kept_params_many(sizes) <= b.budget_params)
-            self.rejected += int((~ok).sum())
-            kept.append(sizes[ok])
-            infos += [i for i, good in zip(info, ok) if good]
-            if len(infos) >= m:
+        # per_iteration: an iteration whose family gives no candidate within d_max and the budget in all its rounds
+        # (a peaked distribution, or one side pushed over its share by d_min) draws the iteration another family
+        for _ in range(MAX_FAMILY_REDRAWS + 1 if per_iteration else 1):
+            families = ([(int(rng.integers(0, len(DISTRIBUTIONS))), float(rng.uniform(0.0, 1.0))) for _ in range(2)]
+                        if per_iteration else None)
+            for _ in range(MAX_REJECTION_ROUNDS):
+                sizes, info = self._draw(m, rng, families)
+                if self.mode == "exact":  # never redraws
+                    kept, infos = [sizes], info
+                    break
+                ok = (sizes.max(axis=1) <= b.d_max) & (b.kept_params_many(sizes) <= b.budget_params)
+                self.rejected += int((~ok).sum())
+                kept.append(sizes[ok])
+                infos += [i for i, good in zip(info, ok) if good]
+                if len(infos) >= m:
+                    break
+            if infos:
                 break
         if len(infos) < m:
             raise RuntimeError(f"the paper's sampler found {len(infos)} of {m} candidates within d_max and the "
-                               f"budget in {round_ + 1} rounds; use bet_sampler: exact")
+                               f"budget; use bet_sampler: exact")
         sizes = np.concatenate(kept)[:m].astype(np.int16)
         if not (b.kept_params_many(sizes) <= b.budget_params).all():  # the hard guarantee, checked
             raise RuntimeError("sampler produced a candidate over budget")
