@@ -27,6 +27,25 @@ def _comparable(report):
     return report
 
 
+def assert_same_report(got, expected, path="report"):
+    """Equal structure and values; floats to within one unit of RecBole's 6-decimal rounding. Two processes
+    can sum a score in another order (the CPU BLAS picks its kernel and threads at run time), which moves a
+    metric across a rounding boundary: seen on CI, a resumed ndcg@20 of 0.21726 against 0.217261. A resume
+    bug (another seed, a lost state) moves metrics by far more than that."""
+    if isinstance(expected, float) and isinstance(got, (int, float)):
+        assert got == pytest.approx(expected, abs=2e-6), path
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(expected), path
+        for key in expected:
+            assert_same_report(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), path
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_same_report(g, e, f"{path}[{i}]")
+    else:
+        assert got == expected, path
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
@@ -45,7 +64,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference, event, nth):
     resumed = run_python("run_bet.py", *_args(tmp, out), f"--resume={tmp / out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got = json.loads((tmp / out / "report.json").read_text())
-    assert _comparable(got) == _comparable(expected)
+    assert_same_report(_comparable(got), _comparable(expected))
     assert not (tmp / out / "checkpoint.pt").exists()  # a finished run keeps report and artifact only
 
 
