@@ -17,7 +17,7 @@ from scipy.stats import ttest_rel
 
 from recbole_bet.grid.cells import cell_state, grid_cells
 from recbole_bet.grid.load import load_grid
-from recbole_bet.grid.stats import variants_against_bet, wins_ties_losses
+from recbole_bet.grid.stats import significance, variants_against_bet, wins_ties_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "grids" / "tiny.yaml"
@@ -298,6 +298,24 @@ def test_variants_against_bet_pair_seeds_on_validation_and_test():
     assert entry["delta_test"] == pytest.approx(0.0)
     assert entry["p_valid"] == pytest.approx(ttest_rel([0.31, 0.33, 0.33], [0.30, 0.31, 0.32]).pvalue)
     assert (entry["retrain_s"], entry["bet_retrain_s"]) == (pytest.approx(20), pytest.approx(200))
+
+
+def test_significance_picks_the_best_baseline_and_pairs_its_seeds():
+    # the rival is the budgeted non-BET label with the best mean over all its seeds; Δ and p use the paired seeds
+    groups = {}
+    for label, base, applied, test in (("bet", "bet", True, [0.30, 0.29]),
+                                       ("es", "es", True, [0.28, 0.28, 0.50]),
+                                       ("full", "full", False, [0.9, 0.9, 0.9]),
+                                       ("bet-x", "bet", True, [0.8, 0.8, 0.8])):
+        rows = [{"seed": k, "test_recall@20": t, "test_ndcg@20": t / 2} for k, t in enumerate(test)]
+        groups[label, 0.9] = {"rows": rows, "seeds": dict(enumerate(rows)), "base": base, "budget_applied": applied,
+                              "stats": {m: (sum(r[f"test_{m}"] for r in rows) / len(rows), None)
+                                        for m in ("recall@20", "ndcg@20")}}
+    [entry] = significance(groups, [0.9], ["bet", "es", "full", "bet-x"])
+    assert entry["rival"] == "es" and entry["n"] == 2
+    assert entry["delta_recall@20"] == pytest.approx(0.015)  # (0.02 + 0.01) / 2, not 0.295 - 0.3533
+    assert entry["recall@20"] == pytest.approx(ttest_rel([0.30, 0.29], [0.28, 0.28]).pvalue)
+    assert entry["delta_ndcg@20"] == pytest.approx(0.0075)
 
 
 def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path):

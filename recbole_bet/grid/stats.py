@@ -18,15 +18,17 @@ def mean_std(values):
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
 
 
-def p_value(a: dict, b: dict) -> tuple:
-    """Paired t-test over the seeds both have: (p, n) or (None, n)."""
+def paired(a: dict, b: dict) -> tuple:
+    """(mean of a - b, p, n) over the seeds both have: the paired t-test and the difference it tests. The mean
+    is None with no shared seed, p None with fewer than two (or all differences equal)."""
     seeds = sorted(set(a) & set(b))
+    delta = sum(a[s] - b[s] for s in seeds) / len(seeds) if seeds else None
     if len(seeds) < 2:
-        return None, len(seeds)
+        return delta, None, len(seeds)
     from scipy.stats import ttest_rel
 
     p = float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
-    return (None if math.isnan(p) else p), len(seeds)
+    return delta, (None if math.isnan(p) else p), len(seeds)
 
 
 def summarize(rows: list, expected: dict, model: str) -> tuple:
@@ -77,8 +79,7 @@ def significance(groups: dict, sparsities: list, labels: list) -> list:
         for m in ("recall@20", "ndcg@20"):
             a = {k: r[f"test_{m}"] for k, r in bet["seeds"].items()}
             b = {k: r[f"test_{m}"] for k, r in groups[rival, s]["seeds"].items()}
-            entry[m], entry["n"] = p_value(a, b)
-            entry[f"delta_{m}"] = bet["stats"][m][0] - groups[rival, s]["stats"][m][0]
+            entry[f"delta_{m}"], entry[m], entry["n"] = paired(a, b)
         out.append(entry)
     return out
 
@@ -99,11 +100,9 @@ def wins_ties_losses(groups: dict, sparsities: list, labels: list, metric: str =
                 continue
             a = {k: r[f"test_{metric}"] for k, r in bet["seeds"].items()}
             b = {k: r[f"test_{metric}"] for k, r in other["seeds"].items()}
-            p, n = p_value(a, b)
+            delta, p, n = paired(a, b)
             if n < 2:
                 continue
-            seeds = sorted(set(a) & set(b))
-            delta = sum(a[k] - b[k] for k in seeds) / len(seeds)
             outcome = "tie" if p is None or p >= 0.05 else ("win" if delta > 0 else "loss")
             t = out.setdefault(rival, {"win": 0, "tie": 0, "loss": 0, "detail": []})
             t[outcome] += 1
@@ -129,9 +128,7 @@ def variants_against_bet(groups: dict, sparsities: list, labels: list) -> list:
             for key, column in (("valid", "valid_ndcg@20"), ("test", "test_recall@20")):
                 a = {k: other["seeds"][k].get(column) for k in seeds if other["seeds"][k].get(column) is not None}
                 b = {k: bet["seeds"][k].get(column) for k in seeds if bet["seeds"][k].get(column) is not None}
-                both = sorted(set(a) & set(b))
-                entry[f"delta_{key}"] = sum(a[k] - b[k] for k in both) / len(both) if both else None
-                entry[f"p_{key}"] = p_value(a, b)[0]
+                entry[f"delta_{key}"], entry[f"p_{key}"], _ = paired(a, b)
             for name, g in (("retrain_s", other), ("bet_retrain_s", bet)):
                 values = [g["seeds"][k].get("retrain_s") for k in seeds]
                 entry[name] = mean_std(values)[0] if seeds and None not in values else None

@@ -134,7 +134,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
         if sig:
             lines += _table_head("Paired t-test over seeds (`scipy.stats.ttest_rel`, two-sided, test metrics): BET "
                                  "(label `bet`) against the non-BET method that met the budget with the best mean test "
-                                 "Recall@20 at that sparsity. Δ = BET mean - that method's mean.",
+                                 "Recall@20 at that sparsity (over all its seeds). Δ = BET - that method, averaged "
+                                 "over the paired seeds.",
                                  ["sparsity", "BET vs", "paired seeds", "Δ R@20", "p (R@20)", "Δ N@20", "p (N@20)"],
                                  left=(0, 1))
             for e in sig:
@@ -142,8 +143,9 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                     lines.append(f"| {e['sparsity']:g} | (no baseline finished) | – | – | n/a | – | n/a |")
                     continue
                 ps = {m: _num(e[m], ".4f") for m in ("recall@20", "ndcg@20")}
-                lines.append(f"| {e['sparsity']:g} | {e['rival']} | {e['n']} | {e['delta_recall@20']:+.4f} | "
-                             f"{ps['recall@20']} | {e['delta_ndcg@20']:+.4f} | {ps['ndcg@20']} |")
+                ds = {m: _num(e[f"delta_{m}"], "+.4f") for m in ("recall@20", "ndcg@20")}
+                lines.append(f"| {e['sparsity']:g} | {e['rival']} | {e['n']} | {ds['recall@20']} | "
+                             f"{ps['recall@20']} | {ds['ndcg@20']} | {ps['ndcg@20']} |")
             lines.append("")
             if any(e["rival"] is None or e["recall@20"] is None or e["ndcg@20"] is None for e in sig):
                 lines += ["n/a: fewer than 2 seeds finished for both methods (or all paired differences equal).", ""]
