@@ -57,38 +57,9 @@ class BET(Method):
         if meta.get("trainings"):  # the trainings before the interruption, as they ran (not "cached")
             ctx.trainings[:] = meta["trainings"]
         timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
-        ctx.masked.load(pre_state)
-        full_valid = ctx.evaluate(ctx.valid_data)
-        fitness_data = fitness_loader(ctx)
-        full_quality = quality(full_valid if fitness_data is ctx.valid_data else ctx.evaluate(fitness_data))
-        if full_quality <= 0:
-            raise RuntimeError("the pretrained model scores 0 on validation; fitness ratios are undefined")
-
         search_start = perf_counter()
-        finetuner = Finetuner(config, ctx.model)
-        epochs = config["bet_finetune_epochs"]
-        finetune_batch = finetune_batch_size(config, len(ctx.train_data))
-        finetune_data = train_loader_with_batch_size(config, ctx.train_data, finetune_batch)
-        getLogger().info(f"BET probes: {epochs} epochs at batch {finetune_batch}, {len(finetune_data) * epochs} "
-                         "optimiser steps each")
-
-        def probe(sizes: np.ndarray, t: int) -> float:
-            """Finetune from the pretrained weights with this action masked in; Eq. 12 fitness. With
-            ``trim_columns`` (LightGCN) the finetuning runs on the action's kept columns only (trimming.py)."""
-            seed = iteration_seed(config["seed"], t)
-
-            def reseed():
-                ctx.reseed(seed)
-                finetune_data.generator.manual_seed(seed)
-
-            target, columns = ctx.trimmer.place(pre_state, sizes, reseed=reseed)
-            finetuner.model = target.model  # one finetuner (one TensorBoard writer); run() rebuilds its optimiser
-            try:
-                finetuner.run(finetune_data, epochs)
-            finally:
-                finetuner.model = ctx.model
-            scores = ctx.evaluate(fitness_data) if columns is None else ctx.trimmer.evaluate(target, fitness_data)
-            return quality(scores) / full_quality
+        probe = Probe(ctx, pre_state)
+        finetuner, finetune_data, full_valid = probe.finetuner, probe.finetune_data, probe.full_valid
 
         loop = build_search(ctx, probe)
         if meta:
@@ -145,8 +116,8 @@ class BET(Method):
             "retrained": retrained,
             "chosen": chosen,
             "pretrained_valid": pick(full_valid, REPORT_METRICS),
-            "finetune_batch_size": finetune_batch,
-            "finetune_steps_per_probe": len(finetune_data) * epochs,
+            "finetune_batch_size": probe.finetune_batch,
+            "finetune_steps_per_probe": len(finetune_data) * probe.epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
             "sides": config["bet_sides"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
@@ -154,6 +125,47 @@ class BET(Method):
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
+
+
+class Probe:
+    """The search's probe (section 3.4, Eq. 12): finetune from the pretrained weights with an action's sizes masked
+    in, then fitness = validation quality / the pretrained model's. ``probe(sizes, t)`` with iteration ``t`` (it
+    seeds the finetuning). Built once per search; benchmarks/probe_actions.py scores actions the search never drew
+    (ES's sizes, a chosen action of another run) with the same probe."""
+
+    def __init__(self, ctx, pre_state: dict):
+        config = ctx.config
+        self.ctx, self.pre_state = ctx, pre_state
+        ctx.masked.load(pre_state)
+        self.full_valid = ctx.evaluate(ctx.valid_data)
+        self.fitness_data = fitness_loader(ctx)
+        self.full_quality = quality(self.full_valid if self.fitness_data is ctx.valid_data
+                                    else ctx.evaluate(self.fitness_data))
+        if self.full_quality <= 0:
+            raise RuntimeError("the pretrained model scores 0 on validation; fitness ratios are undefined")
+        self.finetuner = Finetuner(config, ctx.model)
+        self.epochs = config["bet_finetune_epochs"]
+        self.finetune_batch = finetune_batch_size(config, len(ctx.train_data))
+        self.finetune_data = train_loader_with_batch_size(config, ctx.train_data, self.finetune_batch)
+        getLogger().info(f"BET probes: {self.epochs} epochs at batch {self.finetune_batch}, "
+                         f"{len(self.finetune_data) * self.epochs} optimiser steps each")
+
+    def __call__(self, sizes: np.ndarray, t: int) -> float:
+        """With ``trim_columns`` (LightGCN) the finetuning runs on the action's kept columns only (trimming.py)."""
+        ctx, seed = self.ctx, iteration_seed(self.ctx.config["seed"], t)
+
+        def reseed():
+            ctx.reseed(seed)
+            self.finetune_data.generator.manual_seed(seed)
+
+        target, columns = ctx.trimmer.place(self.pre_state, sizes, reseed=reseed)
+        self.finetuner.model = target.model  # one finetuner (one TensorBoard writer); run() rebuilds its optimiser
+        try:
+            self.finetuner.run(self.finetune_data, self.epochs)
+        finally:
+            self.finetuner.model = ctx.model
+        scores = ctx.evaluate(self.fitness_data) if columns is None else ctx.trimmer.evaluate(target, self.fitness_data)
+        return quality(scores) / self.full_quality
 
 
 def log_iteration(writer, population) -> None:
