@@ -207,7 +207,8 @@ def validate(config) -> None:
                          ("bet_distribution_draw", ("per_candidate", "per_iteration")),
                          ("bet_retrain_init", ("scratch", "pretrained")),
                          ("bet_retrain_schedule", ("top_k", "halving")),
-                         ("bet_retrain_pick", ("fittest", "both_sides")), ("bet_sides", ("independent", "tied"))):
+                         ("bet_retrain_pick", ("fittest", "both_sides")), ("bet_sides", ("independent", "tied")),
+                         ("bet_probe_seed", ("per_iteration", "shared"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
     share = config["es_user_share"]

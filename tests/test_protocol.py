@@ -273,20 +273,41 @@ def test_retraining_from_both_sides_of_the_split():
     assert [m.t for m in few_same.top_both_sides(3, n_users=2)] == [0, 4, 5]
 
 
-def test_bet_tied_sides_on_neumf(tmp_path):
+def test_bet_tied_sides_and_shared_probe_seed_on_neumf(tmp_path):
     """bet_sides=tied (quick profile, NeuMF, whose GMF part uses the columns a user and an item both keep): every
     candidate splits the budget by one distribution over both sides, so no probed action puts nearly all of it on
-    one side; the run stays within budget and its report says so."""
+    one side; the run stays within budget and its report says so. With bet_probe_seed=shared through the CLI."""
     out = tmp_path / "bet"
     proc = run_cli("--model=NeuMF", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
-                   "--sparsity=0.9", "--bet_sides=tied", f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   "--sparsity=0.9", "--bet_sides=tied", "--bet_probe_seed=shared",
+                   f"--pretrain_cache_dir={tmp_path / 'cache'}",
                    f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["sides"] == "tied" and report["config"]["bet_sides"] == "tied"
+    assert report["search"]["probe_seed"] == "shared"
     assert all(0.2 < it["user_share"] < 0.5 for it in report["search"]["iterations"])
     assert report["kept_params"] <= report["budget_params"]
     assert report["sizes"]["pair_shared_mean"] <= report["sizes"]["pair_mean"]
+
+
+def test_shared_probe_seed_scores_an_action_the_same_at_every_iteration(tmp_path):
+    """bet_probe_seed=shared (common random numbers): the probe of one action gives the same fitness whichever
+    iteration draws it, so fitnesses differ by the actions alone; per_iteration (the paper's code) gives each
+    iteration its own finetuning draw, and the same action scores differently."""
+    from recbole_bet.methods.bet.method import Probe
+    from recbole_bet.pretrain import pretrained
+
+    ctx = make_context("LightGCN", tmp_path, method="bet", sparsity=0.9, epochs=2, bet_probe_seed="shared")
+    pre_state, _, _ = pretrained(ctx)
+    probe = Probe(ctx, pre_state)
+    sizes = equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
+    shared = [probe(sizes, t) for t in (0, 3, 7)]
+    assert shared[0] == shared[1] == shared[2] and shared[0] > 0
+    ctx.config["bet_probe_seed"] = "per_iteration"
+    own = [probe(sizes, t) for t in (0, 3, 7)]
+    assert own[0] == shared[0]  # iteration 0's draw is the one every shared probe uses
+    assert len(set(own)) == 3
 
 
 def test_bet_successive_halving_runs_end_to_end(tmp_path):
@@ -316,8 +337,8 @@ def test_the_paper_profile_selects_the_papers_bet(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     search = json.loads((out / "report.json").read_text())["search"]
     assert {k: search[k] for k in ("sampler", "distribution_draw", "sides", "retrain_init", "retrain_schedule",
-                                   "retrain_pick")} == {
+                                   "retrain_pick", "probe_seed")} == {
         "sampler": "paper", "distribution_draw": "per_iteration", "sides": "independent", "retrain_init": "scratch",
-        "retrain_schedule": "top_k", "retrain_pick": "fittest"}
+        "retrain_schedule": "top_k", "retrain_pick": "fittest", "probe_seed": "per_iteration"}
     assert search["finetune_batch_size"] == 10000  # the paper's, not scaled to ml-100k
     assert len(search["retrained"]) == 2 and all("round" not in e for e in search["retrained"])

@@ -23,7 +23,7 @@ from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTrai
 
 # keys added after checkpoints were written: left out of a run's identity while at these values (their
 # defaults, the behaviour before the key existed), so that those checkpoints still resume
-LATER_KEYS_DEFAULTS = {"bet_sides": "independent"}
+LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration"}
 
 
 def run_identity(config) -> dict:
@@ -119,7 +119,7 @@ class BET(Method):
             "finetune_batch_size": probe.finetune_batch,
             "finetune_steps_per_probe": len(finetune_data) * probe.epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
-            "sides": config["bet_sides"],
+            "sides": config["bet_sides"], "probe_seed": config["bet_probe_seed"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
             "retrain_pick": config["bet_retrain_pick"],
         }
@@ -129,8 +129,8 @@ class BET(Method):
 
 class Probe:
     """The search's probe (section 3.4, Eq. 12): finetune from the pretrained weights with an action's sizes masked
-    in, then fitness = validation quality / the pretrained model's. ``probe(sizes, t)`` with iteration ``t`` (it
-    seeds the finetuning). Built once per search; benchmarks/probe_actions.py scores actions the search never drew
+    in, then fitness = validation quality / the pretrained model's. ``probe(sizes, t)`` with iteration ``t``, whose
+    seed (``seed_of``) drives the finetuning's initial columns and batch order. Built once per search; benchmarks/probe_actions.py scores actions the search never drew
     (ES's sizes, a chosen action of another run) with the same probe."""
 
     def __init__(self, ctx, pre_state: dict):
@@ -150,9 +150,16 @@ class Probe:
         getLogger().info(f"BET probes: {self.epochs} epochs at batch {self.finetune_batch}, "
                          f"{len(self.finetune_data) * self.epochs} optimiser steps each")
 
+    def seed_of(self, t: int) -> int:
+        """``bet_probe_seed: per_iteration``: every iteration its own finetuning draw (the paper's code), so fitness
+        mixes the action with the draw's luck; ``shared``: every probe with iteration 0's draw (common random
+        numbers), so two actions' fitnesses differ by the actions alone (docs/deviations.md)."""
+        shared = self.ctx.config["bet_probe_seed"] == "shared"
+        return iteration_seed(self.ctx.config["seed"], 0 if shared else t)
+
     def __call__(self, sizes: np.ndarray, t: int) -> float:
         """With ``trim_columns`` (LightGCN) the finetuning runs on the action's kept columns only (trimming.py)."""
-        ctx, seed = self.ctx, iteration_seed(self.ctx.config["seed"], t)
+        ctx, seed = self.ctx, self.seed_of(t)
 
         def reseed():
             ctx.reseed(seed)
