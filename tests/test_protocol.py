@@ -302,12 +302,12 @@ def test_shared_probe_seed_scores_an_action_the_same_at_every_iteration(tmp_path
     pre_state, _, _ = pretrained(ctx)
     probe = Probe(ctx, pre_state)
     sizes = equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
-    shared = [probe(sizes, t) for t in (0, 3, 7)]
-    assert shared[0] == shared[1] == shared[2] and shared[0] > 0
+    shared = [probe(sizes, t) for t in (0, 7)]
+    assert shared[0] == shared[1] and shared[0] > 0
     ctx.config["bet_probe_seed"] = "per_iteration"
-    own = [probe(sizes, t) for t in (0, 3, 7)]
+    own = [probe(sizes, t) for t in (0, 7)]
     assert own[0] == shared[0]  # iteration 0's draw is the one every shared probe uses
-    assert len(set(own)) == 3
+    assert own[1] != own[0]
 
 
 def test_bet_successive_halving_runs_end_to_end(tmp_path):
