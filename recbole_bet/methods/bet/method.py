@@ -59,7 +59,7 @@ class BET(Method):
         timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
         search_start = perf_counter()
         probe = Probe(ctx, pre_state)
-        finetuner, finetune_data, full_valid = probe.finetuner, probe.finetune_data, probe.full_valid
+        finetuner = probe.finetuner
 
         loop = build_search(ctx, probe)
         if meta:
@@ -115,9 +115,9 @@ class BET(Method):
             "max_candidate_kept_params": state.max_candidate_kept_params,
             "retrained": retrained,
             "chosen": chosen,
-            "pretrained_valid": pick(full_valid, REPORT_METRICS),
+            "pretrained_valid": pick(probe.full_valid, REPORT_METRICS),
             "finetune_batch_size": probe.finetune_batch,
-            "finetune_steps_per_probe": len(finetune_data) * probe.epochs,
+            "finetune_steps_per_probe": len(probe.finetune_data) * probe.epochs,
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
             "sides": config["bet_sides"], "probe_seed": config["bet_probe_seed"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
@@ -130,8 +130,9 @@ class BET(Method):
 class Probe:
     """The search's probe (section 3.4, Eq. 12): finetune from the pretrained weights with an action's sizes masked
     in, then fitness = validation quality / the pretrained model's. ``probe(sizes, t)`` with iteration ``t``, whose
-    seed (``seed_of``) drives the finetuning's initial columns and batch order. Built once per search; benchmarks/probe_actions.py scores actions the search never drew
-    (ES's sizes, a chosen action of another run) with the same probe."""
+    seed (``seed_of``) drives the finetuning's initial columns and batch order. Built once per search;
+    benchmarks/probe_actions.py scores actions the search never drew (ES's sizes, a chosen action of another run)
+    with the same probe."""
 
     def __init__(self, ctx, pre_state: dict):
         config = ctx.config
