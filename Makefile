@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/python run_bet.py --model=LightGCN --dataset=ml-100k --method=bet --sparsity=0.9
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) saved log log_tensorboard .pytest_cache .hypothesis *.egg-info

@@ -18,6 +18,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 QUICK = "properties/quick.yaml"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core: one thread each (and in the processes they start), or the
+    # workers' thread pools would contend for the same cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
 
 def make_context(model: str, tmp_dir, **config):
     """``prepare`` on ml-100k with the quick profile, as run_bet.py would, without RecBole reading pytest's argv."""
