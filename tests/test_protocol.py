@@ -274,17 +274,19 @@ def test_retraining_from_both_sides_of_the_split():
 
 
 def test_bet_tied_sides_and_shared_probe_seed_on_neumf(tmp_path):
-    """bet_sides=tied (quick profile, NeuMF, whose GMF part uses the columns a user and an item both keep): every
-    candidate splits the budget by one distribution over both sides, so no probed action puts nearly all of it on
-    one side; the run stays within budget and its report says so. With bet_probe_seed=shared through the CLI."""
+    """NeuMF's default (properties/model/NeuMF.yaml) is bet_sides=tied, retrained from scratch: every candidate
+    splits the budget by one distribution over both sides (GMF uses the columns a user and an item both keep), so
+    no probed action puts nearly all of it on one side; the run stays within budget and its report says so. With
+    bet_probe_seed=shared through the CLI (quick profile)."""
     out = tmp_path / "bet"
     proc = run_cli("--model=NeuMF", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
-                   "--sparsity=0.9", "--bet_sides=tied", "--bet_probe_seed=shared",
-                   f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   "--sparsity=0.9", "--bet_probe_seed=shared", f"--pretrain_cache_dir={tmp_path / 'cache'}",
                    f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["sides"] == "tied" and report["config"]["bet_sides"] == "tied"
+    assert report["search"]["retrain_init"] == "scratch"
+    assert report["trainings"][-1]["label"].endswith("from scratch"), report["trainings"][-1]
     assert report["search"]["probe_seed"] == "shared"
     assert all(0.2 < it["user_share"] < 0.5 for it in report["search"]["iterations"])
     assert report["kept_params"] <= report["budget_params"]
@@ -329,10 +331,10 @@ def test_bet_successive_halving_runs_end_to_end(tmp_path):
 
 
 def test_the_paper_profile_selects_the_papers_bet(tmp_path):
-    """``--config_files="paper quick"``: properties/paper.yaml switches every selectable lever to the paper's
+    """``--config_files="quick paper"``: properties/paper.yaml switches every selectable lever to the paper's
     behaviour, whatever the defaults are, and the report says so."""
     out = tmp_path / "bet"
-    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files=paper {QUICK}", "--epochs=2",
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK} paper", "--epochs=2",
                    "--method=bet", "--sparsity=0.9", f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     search = json.loads((out / "report.json").read_text())["search"]
