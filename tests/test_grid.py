@@ -121,6 +121,16 @@ def test_cell_states_and_dry_run(tmp_path):
     assert "/es/" not in only.stdout and "1 cell(s)" in only.stdout
 
 
+def test_a_method_with_its_own_models_runs_only_on_them(tmp_path):
+    spec = {**yaml.safe_load(TINY.read_text()), "models": ["LightGCN", "NeuMF"], "output_root": str(tmp_path / "r"),
+            "methods": ["es", {"label": "bet-tied", "method": "bet", "config": {"bet_sides": "tied"},
+                               "models": ["NeuMF"]}]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert [c.id for c in grid_cells(load_grid(path))] == [
+        "ml-100k/LightGCN/es/0.9/seed2020", "ml-100k/NeuMF/es/0.9/seed2020", "ml-100k/NeuMF/bet-tied/0.9/seed2020"]
+
+
 @pytest.mark.parametrize("change,message", [
     ({"methods": [{"label": "a/b", "method": "bet"}]}, "label"),
     ({"config": {"sparsity": 0.5}}, "cannot set sparsity"),
@@ -129,6 +139,8 @@ def test_cell_states_and_dry_run(tmp_path):
     ({"config": {"valid_metric": "a=b"}}, "cannot be passed"),
     ({"resources": {"num_gpu": 1}}, "`resources` is a mapping"),
     ({"resources": {"num_cpus": -1}}, "must be a number >= 0"),
+    ({"methods": [{"method": "bet", "models": ["NeuMF"]}]}, "names model(s) NeuMF that the grid's `models`"),
+    ({"methods": [{"method": "bet", "models": "LightGCN"}]}, "`models` must be a non-empty list"),
 ])
 def test_bad_grid_files_are_refused(tmp_path, change, message):
     spec = {**yaml.safe_load(TINY.read_text()), **change}

@@ -83,9 +83,10 @@ class Cell:
 
 
 def grid_cells(grid: Grid) -> list:
-    """Order: dataset, model, seed, sparsity, method (a complete first seed comes first)."""
+    """Order: dataset, model, seed, sparsity, method (a complete first seed comes first). A method with its own
+    ``models`` runs only on those."""
     return [Cell(grid, d, m, spec, s, k) for d in grid.datasets for m in grid.models for k in grid.seeds
-            for s in grid.sparsities for spec in grid.methods]
+            for s in grid.sparsities for spec in grid.methods if spec.models is None or m in spec.models]
 
 
 def select_cells(cells: list, only: list) -> list:

@@ -39,6 +39,7 @@ class MethodSpec:
     label: str
     method: str
     config: dict = field(default_factory=dict)
+    models: list | None = None  # the grid's models this label runs on; None: all of them
 
 
 @dataclass
@@ -153,11 +154,17 @@ def _method_spec(entry, path) -> MethodSpec:
     if isinstance(entry, str):
         spec = MethodSpec(entry, entry)
     elif isinstance(entry, dict):
-        unknown = set(entry) - {"label", "method", "config"}
+        unknown = set(entry) - {"label", "method", "config", "models"}
         if unknown or "method" not in entry:
-            raise GridError(f"{path}: a method mapping needs `method` and may have `label` and `config`; got {entry!r}")
+            raise GridError(f"{path}: a method mapping needs `method` and may have `label`, `config` and `models`; "
+                            f"got {entry!r}")
+        where = f"{path}: method {entry.get('label', entry['method'])}"
+        models = entry.get("models")
+        if models is not None and (not isinstance(models, list) or not models
+                                   or not all(isinstance(m, str) for m in models)):
+            raise GridError(f"{where}: `models` must be a non-empty list of the grid's models, e.g. [NeuMF]")
         spec = MethodSpec(str(entry.get("label", entry["method"])), str(entry["method"]),
-                          _check_config(entry.get("config"), f"{path}: method {entry.get('label', entry['method'])}"))
+                          _check_config(entry.get("config"), where), models)
     else:
         raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config}}; got {entry!r}")
     if not LABEL.match(spec.label):
@@ -207,6 +214,12 @@ def load_grid(path, output_root=None, results_dir=None, workdir=None) -> Grid:
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise GridError(f"{path}: two methods share a label ({labels}); give each mapping its own `label`")
+    models = _list(raw, "models", str, path)
+    for spec in methods:
+        outside = [m for m in spec.models or [] if m not in models]
+        if outside:
+            raise GridError(f"{path}: method {spec.label} names model(s) {', '.join(outside)} that the grid's "
+                            f"`models` ({', '.join(models)}) does not list")
     sparsities = _list(raw, "sparsities", float, path)
     if any(not 0 < s < 1 for s in sparsities):
         raise GridError(f"{path}: sparsities must lie strictly between 0 and 1, got {sparsities}")
@@ -217,7 +230,7 @@ def load_grid(path, output_root=None, results_dir=None, workdir=None) -> Grid:
         raise GridError(f"{path}: `config_files` must be a list such as [quick] or []")
     return Grid(
         name=name, path=path.resolve(),
-        datasets=_list(raw, "datasets", str, path), models=_list(raw, "models", str, path), methods=methods,
+        datasets=_list(raw, "datasets", str, path), models=models, methods=methods,
         sparsities=sparsities, seeds=_list(raw, "seeds", int, path), config_files=[str(f) for f in files],
         config=_check_config(raw.get("config"), path),
         output_root=_local_path(output_root or raw.get("output_root") or f"results/runs/{name}", workdir),
