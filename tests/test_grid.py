@@ -17,7 +17,7 @@ from scipy.stats import ttest_rel
 
 from recbole_bet.grid.cells import cell_state, grid_cells
 from recbole_bet.grid.load import load_grid
-from recbole_bet.grid.stats import significance, variants_against_bet, wins_ties_losses
+from recbole_bet.grid.stats import plotted_labels, significance, variants_against_bet, wins_ties_losses
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "grids" / "tiny.yaml"
@@ -276,6 +276,16 @@ def test_tables_from_finished_cells(tmp_path):
         assert "matplotlib is not installed" in proc.stdout
     else:
         assert (tmp_path / "results" / "toy.png").stat().st_size > 10_000
+
+
+def test_the_picture_draws_bet_and_the_other_methods_and_leaves_bets_variants_to_the_tables():
+    base = {"es": "es", "bet": "bet", "bet@1": "bet", "bet-warm": "bet", "es-warm": "es", "sseds": "sseds"}
+    groups = {(label, 0.9): {"base": method} for label, method in base.items()}
+    drawn, hidden = plotted_labels(groups, list(base))
+    assert drawn == ["es", "bet", "es-warm", "sseds"] and hidden == ["bet@1", "bet-warm"]
+    # a grid of BET's variants alone (no default `bet` row) is drawn whole
+    only_variants = {k: v for k, v in groups.items() if k[0] in ("bet-warm", "bet@1")}
+    assert plotted_labels(only_variants, ["bet-warm", "bet@1"]) == (["bet-warm", "bet@1"], [])
 
 
 def test_wins_ties_losses():

@@ -60,6 +60,17 @@ def summarize(rows: list, expected: dict, model: str) -> tuple:
     return groups, sorted(sparsities), labels
 
 
+def plotted_labels(groups: dict, labels: list) -> tuple:
+    """(drawn, left to the tables): with a default ``bet`` row, the picture shows it and every label of another
+    method; BET's other labels (its variants and ``@1`` rows) stay in the .md, where the variants table compares
+    each with ``bet``. Without a ``bet`` row everything is drawn."""
+    if "bet" not in labels:
+        return list(labels), []
+    base = {label: g["base"] for (label, _), g in groups.items()}
+    drawn = [label for label in labels if label == "bet" or base.get(label) != "bet"]
+    return drawn, [label for label in labels if label not in drawn]
+
+
 def significance(groups: dict, sparsities: list, labels: list) -> list:
     """Per sparsity: BET (label ``bet``) against the non-BET method with the best mean test Recall@20 among
     those that met the budget (a method run without one keeps more parameters: no fair rival)."""

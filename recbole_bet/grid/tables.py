@@ -11,7 +11,7 @@ from pathlib import Path
 from recbole_bet.grid.cells import shown
 from recbole_bet.grid.load import METRICS, SHORT, Grid, grids_dir
 from recbole_bet.grid.rows import CSV_COLUMNS, collect, merge_set, n_asked, previous_rows
-from recbole_bet.grid.stats import significance, summarize, variants_against_bet, wins_ties_losses
+from recbole_bet.grid.stats import plotted_labels, significance, summarize, variants_against_bet, wins_ties_losses
 
 
 def _fmt_ms(mean, std, digits=4) -> str:
@@ -209,19 +209,31 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
     models = list(dict.fromkeys(m for (m, _, _) in expected))
     paper, _ = _paper_for(grids, dataset)
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.9 * len(models)), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for r, model in enumerate(models):
+    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#000000"]
+    markers = "osD^v"  # a second marker once the colours run out, so no two lines look alike
+    drawn = {}
+    for model in models:
         groups, sparsities, labels = summarize(rows, expected, model)
+        drawn[model] = (groups, sparsities, *plotted_labels(groups, labels))
+    left_out = any(hidden for *_, hidden in drawn.values())
+    # one colour (and marker) per label across the models, so that es is the same line in every panel
+    others = list(dict.fromkeys(label for *_, labels, _ in drawn.values() for label in labels if label != "bet"))
+    for r, model in enumerate(models):
+        groups, sparsities, labels, _ = drawn[model]
         for c, metric in enumerate(("recall@20", "ndcg@20")):
             ax = axes[r][c]
-            for i, label in enumerate(labels):
-                color = colors[i % len(colors)]
+            for label in labels:
+                i = others.index(label) if label != "bet" else None
+                # the default BET in black and thicker, the rest in the colour cycle
+                color = "black" if i is None else colors[i % len(colors)]
+                marker = "o" if i is None else markers[(i // len(colors)) % len(markers)]
                 xs = [s for s in sparsities if (label, s) in groups and groups[label, s]["stats"][metric][0] is not None]
                 if xs:
                     means = [groups[label, s]["stats"][metric][0] for s in xs]
                     stds = [groups[label, s]["stats"][metric][1] or 0.0 for s in xs]
                     n = max(len(groups[label, s]["rows"]) for s in xs)
-                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=color,
+                    ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, color=color,
+                                linewidth=2.5 if i is None else 1.5, zorder=3 if i is None else 2,
                                 label=f"{label} (n={n})")
                 ref = paper.get(model, {}).get(label, {})
                 px = sorted(s for s in ref if metric in ref[s])
@@ -240,7 +252,8 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
                 order = sorted(range(len(names)), key=lambda i: names[i].endswith("(paper)"))
                 ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, loc="upper left",
                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.suptitle(f"{dataset}: mean over seeds, error bars = std over seeds")
+    fig.suptitle(f"{dataset}: mean over seeds, error bars = std over seeds"
+                 + ("; BET's variants and @1 rows are in the .md tables" if left_out else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
