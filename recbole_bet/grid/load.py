@@ -166,7 +166,8 @@ def _method_spec(entry, path) -> MethodSpec:
         spec = MethodSpec(str(entry.get("label", entry["method"])), str(entry["method"]),
                           _check_config(entry.get("config"), where), models)
     else:
-        raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config}}; got {entry!r}")
+        raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config, models}}; "
+                        f"got {entry!r}")
     if not LABEL.match(spec.label):
         raise GridError(f"{path}: method label {spec.label!r} must be letters, digits, '.', '_', '+' or '-'")
     return spec
