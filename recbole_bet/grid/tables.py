@@ -209,7 +209,9 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
     models = list(dict.fromkeys(m for (m, _, _) in expected))
     paper, _ = _paper_for(grids, dataset)
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.9 * len(models)), squeeze=False)
-    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#000000"]
+    # black is BET's: keep it out of the others' colours should a user's matplotlib style cycle through it
+    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]
+              if not matplotlib.colors.same_color(c, "black")]
     markers = "osD^v"  # a second marker once the colours run out, so no two lines look alike
     drawn = {}
     for model in models:
