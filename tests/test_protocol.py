@@ -312,6 +312,38 @@ def test_shared_probe_seed_scores_an_action_the_same_at_every_iteration(tmp_path
     assert own[1] != own[0]
 
 
+def test_fitness_on_a_subset_of_validation_users(tmp_path):
+    """bet_fitness_users=0.25: the probe scores fitness on a fixed quarter of the validation users, against the
+    pretrained model on the same users (so fitness stays a ratio near 1, not a quarter of it); the same subset
+    every time, and through the CLI (quick profile) the run's reported metrics are still on every user."""
+    from recbole_bet.methods.bet.method import Probe
+    from recbole_bet.pretrain import pretrained
+
+    ctx = make_context("LightGCN", tmp_path, method="bet", sparsity=0.9, epochs=2, bet_fitness_users=0.25)
+    pre_state, _, _ = pretrained(ctx)
+    probe = Probe(ctx, pre_state)
+    n_all = len(np.unique(ctx.valid_data._dataset.inter_feat[ctx.valid_data._dataset.uid_field].numpy()))
+    subset = probe.fitness_data._dataset
+    n_sub = len(np.unique(subset.inter_feat[subset.uid_field].numpy()))
+    assert n_sub == round(0.25 * n_all)
+    sizes = equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
+    quarter = probe(sizes, 0)
+    assert quarter == probe(sizes, 0) and 0.5 < quarter < 1.5
+    ctx.config["bet_fitness_users"] = 1.0
+    assert Probe(ctx, pre_state)(sizes, 0) != quarter  # other users, another score
+
+    out = tmp_path / "bet"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
+                   "--sparsity=0.9", "--bet_fitness_users=0.25", f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["bet_fitness_users"] == 0.25
+    chosen = report["search"]["retrained"][report["search"]["chosen"]]
+    assert report["valid"]["ndcg@20"] == pytest.approx(chosen["valid"]["ndcg@20"])  # chosen on every user
+    assert report["kept_params"] <= report["budget_params"]
+
+
 def test_bet_successive_halving_runs_end_to_end(tmp_path):
     """bet_retrain_schedule=halving through the CLI (quick profile): the top actions' trainings are recorded as
     halving rounds, the chosen one trained longest, and the report says which schedule ran."""
