@@ -273,17 +273,22 @@ def test_retraining_from_both_sides_of_the_split():
     assert [m.t for m in few_same.top_both_sides(3, n_users=2)] == [0, 4, 5]
 
 
+def quick_bet_report(tmp_path, *keys, model="LightGCN", epochs=2, config_files=QUICK) -> dict:
+    """``run_bet.py --method=bet --sparsity=0.9`` on ml-100k through the CLI (quick profile), the report it wrote."""
+    out = tmp_path / "bet"
+    proc = run_cli(f"--model={model}", "--dataset=ml-100k", f"--config_files={config_files}", f"--epochs={epochs}",
+                   "--method=bet", "--sparsity=0.9", *keys, f"--pretrain_cache_dir={tmp_path / 'cache'}",
+                   f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "report.json").read_text())
+
+
 def test_bet_tied_sides_and_shared_probe_seed_on_neumf(tmp_path):
     """NeuMF's default (properties/model/NeuMF.yaml) is bet_sides=tied, retrained from scratch: every candidate
     splits the budget by one distribution over both sides (GMF uses the columns a user and an item both keep), so
     no probed action puts nearly all of it on one side; the run stays within budget and its report says so. With
     bet_probe_seed=shared through the CLI (quick profile)."""
-    out = tmp_path / "bet"
-    proc = run_cli("--model=NeuMF", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
-                   "--sparsity=0.9", "--bet_probe_seed=shared", f"--pretrain_cache_dir={tmp_path / 'cache'}",
-                   f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
+    report = quick_bet_report(tmp_path, "--bet_probe_seed=shared", model="NeuMF")
     assert report["search"]["sides"] == "tied" and report["config"]["bet_sides"] == "tied"
     assert report["search"]["retrain_init"] == "scratch"
     assert report["trainings"][-1]["label"].endswith("from scratch"), report["trainings"][-1]
@@ -322,22 +327,18 @@ def test_fitness_on_a_subset_of_validation_users(tmp_path):
     ctx = make_context("LightGCN", tmp_path, method="bet", sparsity=0.9, epochs=2, bet_fitness_users=0.25)
     pre_state, _, _ = pretrained(ctx)
     probe = Probe(ctx, pre_state)
-    n_all = len(np.unique(ctx.valid_data._dataset.inter_feat[ctx.valid_data._dataset.uid_field].numpy()))
-    subset = probe.fitness_data._dataset
-    n_sub = len(np.unique(subset.inter_feat[subset.uid_field].numpy()))
-    assert n_sub == round(0.25 * n_all)
+    def n_users(loader):
+        data = loader._dataset
+        return len(np.unique(data.inter_feat[data.uid_field].numpy()))
+
+    assert n_users(probe.fitness_data) == round(0.25 * n_users(ctx.valid_data))
     sizes = equal_sizes(ctx.budget, ctx.user_freq, ctx.item_freq)
     quarter = probe(sizes, 0)
     assert quarter == probe(sizes, 0) and 0.5 < quarter < 1.5
     ctx.config["bet_fitness_users"] = 1.0
     assert Probe(ctx, pre_state)(sizes, 0) != quarter  # other users, another score
 
-    out = tmp_path / "bet"
-    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
-                   "--sparsity=0.9", "--bet_fitness_users=0.25", f"--pretrain_cache_dir={tmp_path / 'cache'}",
-                   f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
+    report = quick_bet_report(tmp_path, "--bet_fitness_users=0.25")
     assert report["config"]["bet_fitness_users"] == 0.25
     chosen = report["search"]["retrained"][report["search"]["chosen"]]
     assert report["valid"]["ndcg@20"] == pytest.approx(chosen["valid"]["ndcg@20"])  # chosen on every user
@@ -347,12 +348,7 @@ def test_fitness_on_a_subset_of_validation_users(tmp_path):
 def test_bet_successive_halving_runs_end_to_end(tmp_path):
     """bet_retrain_schedule=halving through the CLI (quick profile): the top actions' trainings are recorded as
     halving rounds, the chosen one trained longest, and the report says which schedule ran."""
-    out = tmp_path / "bet"
-    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=4", "--method=bet",
-                   "--sparsity=0.9", "--bet_retrain_schedule=halving", "--bet_halving_epochs=1",
-                   f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((out / "report.json").read_text())
+    report = quick_bet_report(tmp_path, "--bet_retrain_schedule=halving", "--bet_halving_epochs=1", epochs=4)
     search = report["search"]
     assert search["retrain_schedule"] == "halving"
     retrained = search["retrained"]
@@ -365,11 +361,7 @@ def test_bet_successive_halving_runs_end_to_end(tmp_path):
 def test_the_paper_profile_selects_the_papers_bet(tmp_path):
     """``--config_files="quick paper"``: properties/paper.yaml switches every selectable lever to the paper's
     behaviour, whatever the defaults are, and the report says so."""
-    out = tmp_path / "bet"
-    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK} paper", "--epochs=2",
-                   "--method=bet", "--sparsity=0.9", f"--pretrain_cache_dir={tmp_path / 'cache'}", f"--output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    search = json.loads((out / "report.json").read_text())["search"]
+    search = quick_bet_report(tmp_path, config_files=f"{QUICK} paper")["search"]
     assert {k: search[k] for k in ("sampler", "distribution_draw", "sides", "retrain_init", "retrain_schedule",
                                    "retrain_pick", "probe_seed")} == {
         "sampler": "paper", "distribution_draw": "per_iteration", "sides": "independent", "retrain_init": "scratch",
