@@ -3,10 +3,12 @@
     python benchmarks/probe_correlation.py RUN_ROOT [RUN_ROOT ...] [--out=results/probe_correlation.md]
 
 Reads every ``report.json`` of a BET run below the given folders (grid output roots or single runs). Each BET
-report lists its retrained actions (``search.retrained``: search fitness and validation quality after retraining
-from scratch, Eq. 13), so each cell gives a Spearman correlation over its top-k actions (k = 5 by default: a
-noisy estimate per cell, hence the mean over cells). Cells are grouped by model, method label (the grid's folder
-name), finetuning batch and steps per probe. Validation data only; test metrics are not read.
+report lists its retrained actions (``search.retrained``: search fitness and validation quality after retraining,
+Eq. 13), so each cell gives a Spearman correlation over its top-k actions (k = 5 by default: a noisy estimate per
+cell, hence the mean over cells). Cells are grouped by dataset, model, method label (the grid's folder name),
+finetuning batch and steps per probe. "valid range" is the mean over cells of the largest minus the smallest
+retrained validation quality: where the top actions retrain to nearly the same quality, their ranking (and so the
+correlation) says little. Validation data only; test metrics are not read.
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ def cells(roots) -> list:
             retrained = search.get("retrained") if report.get("method") == "bet" else None
             if not retrained:
                 continue
-            rho = spearman([r["fitness"] for r in retrained], [r["valid_quality"] for r in retrained])
+            quality = [r["valid_quality"] for r in retrained]
+            rho = spearman([r["fitness"] for r in retrained], quality)
             label = path.parent.parent.parent.name if path.parent.name.startswith("seed") else report["method"]
-            out.append({"path": str(path.parent), "model": report["model"], "label": label,
+            out.append({"path": str(path.parent), "dataset": report["dataset"], "model": report["model"],
+                        "label": label, "valid_range": max(quality) - min(quality),
                         "sparsity": report["sparsity"], "seed": report["seed"],
                         "batch": search.get("finetune_batch_size", "10000 (before auto)"),
                         "steps": search.get("finetune_steps_per_probe"), "k": len(retrained), "spearman": rho})
@@ -47,16 +51,17 @@ def cells(roots) -> list:
 def table(rows: list) -> list:
     groups = {}
     for r in rows:
-        groups.setdefault((r["model"], r["label"], r["batch"], r["steps"]), []).append(r)
-    lines = ["| model | label | probe batch | steps per probe | cells | mean Spearman | per cell |",
-             "|---|---|--:|--:|--:|--:|---|"]
-    for (model, label, batch, steps), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        groups.setdefault((r["dataset"], r["model"], r["label"], r["batch"], r["steps"]), []).append(r)
+    lines = ["| dataset | model | label | probe batch | steps per probe | cells | mean Spearman | valid range | per cell |",
+             "|---|---|---|--:|--:|--:|--:|--:|---|"]
+    for (dataset, model, label, batch, steps), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
         values = [g["spearman"] for g in group if g["spearman"] is not None]
         mean = f"{np.mean(values):+.3f}" if values else "n/a"
         per = ", ".join(f"{g['sparsity']:g}/s{g['seed']}: " + ("n/a" if g["spearman"] is None else f"{g['spearman']:+.2f}")
                         for g in group)
-        lines.append(f"| {model} | {label} | {batch} | {steps if steps is not None else '–'} | {len(group)} | {mean} | "
-                     f"{per} |")
+        spread = np.mean([g["valid_range"] for g in group])
+        lines.append(f"| {dataset} | {model} | {label} | {batch} | {steps if steps is not None else '–'} | {len(group)} "
+                     f"| {mean} | {spread:.4f} | {per} |")
     return lines
 
 

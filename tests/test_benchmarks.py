@@ -63,3 +63,30 @@ def test_cell_cost_times_the_narrow_models_and_writes_its_tables(tmp_path):
     assert sorted(trimmed, key=int) == ["16", "32", "64"] and all(t["epoch_s"] > 0 for t in trimmed.values())
     assert entry["cells_min"]["es@0.9"] < entry["cells_min"]["mr@0.9"]  # ES on 16 columns, MR at full width
     assert "`trim_columns`" in (tmp_path / "cost.md").read_text()
+
+
+def test_probe_correlation_groups_cells_and_ranks_fitness_against_retrained_quality(tmp_path):
+    """Per cell: Spearman of search fitness against retrained validation quality; per group: mean and range."""
+    def write(label, seed, fitness, quality, batch):
+        folder = tmp_path / "runs" / "ml-100k" / "LightGCN" / label / "0.9" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        report = {"method": "bet", "dataset": "ml-100k", "model": "LightGCN", "sparsity": 0.9, "seed": seed,
+                  "search": {"finetune_batch_size": batch, "finetune_steps_per_probe": 520,
+                             "retrained": [{"fitness": f, "valid_quality": q} for f, q in zip(fitness, quality)]}}
+        (folder / "report.json").write_text(json.dumps(report))
+
+    write("bet", 2020, [5, 4, 3, 2, 1], [0.30, 0.29, 0.28, 0.27, 0.26], 985)  # same order: +1
+    write("bet", 2021, [5, 4, 3, 2, 1], [0.26, 0.27, 0.28, 0.29, 0.30], 985)  # reversed: -1
+    write("bet-b10000", 2020, [5, 4, 3, 2, 1], [0.30, 0.29, 0.28, 0.26, 0.27], 10000)  # one swap: +0.9
+    es = tmp_path / "runs" / "ml-100k" / "LightGCN" / "es" / "0.9" / "seed2020"  # not a search: skipped
+    es.mkdir(parents=True)
+    (es / "report.json").write_text(json.dumps({"method": "es", "search": None}))
+    out = tmp_path / "corr.md"
+    proc = subprocess.run([sys.executable, "benchmarks/probe_correlation.py", str(tmp_path / "runs"), f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ml-100k")]
+    assert rows == [
+        "| ml-100k | LightGCN | bet | 985 | 520 | 2 | +0.000 | 0.0400 | 0.9/s2020: +1.00, 0.9/s2021: -1.00 |",
+        "| ml-100k | LightGCN | bet-b10000 | 10000 | 520 | 1 | +0.900 | 0.0400 | 0.9/s2020: +0.90 |",
+    ]
