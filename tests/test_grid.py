@@ -288,6 +288,23 @@ def test_the_picture_draws_bet_and_the_other_methods_and_leaves_bets_variants_to
     assert plotted_labels(only_variants, ["bet-warm", "bet@1"]) == (["bet-warm", "bet@1"], [])
 
 
+def test_the_picture_gives_every_method_its_own_colour_and_says_how_many_seeds():
+    from recbole_bet.grid.tables import line_styles, seed_count
+
+    import matplotlib
+
+    tab10 = list(matplotlib.colormaps["tab10"].colors)
+    others = [f"m{i}" for i in range(13)]  # the LightGCN panel's twelve baselines and more
+    styles = line_styles(others, tab10 + ["black"])  # a style cycle that holds black
+    assert styles["bet"] == ("black", "o")
+    colours = [matplotlib.colors.to_hex(styles[label][0]) for label in others]
+    assert len(set(colours)) == 13 and "#000000" not in colours  # no colour repeats, none is BET's
+    assert {styles[label][1] for label in others} == {"o"}
+    many = line_styles([f"m{i}" for i in range(25)], tab10)
+    assert len(set(many.values())) == 26  # past 18 labels a colour repeats, with another marker
+    assert seed_count([3, 3, 3]) == "3" and seed_count([2, 3, 2]) == "2-3"
+
+
 def test_wins_ties_losses():
     # BET vs two baselines over paired seeds: clearly ahead of "a", clearly behind "b" at one sparsity, level at another
     groups = {}

@@ -196,6 +196,33 @@ def write_csv(path: Path, rows: list) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
 
 
+# saturated colours unlike matplotlib's ten default ones, for grids with more methods than the style's cycle
+# (tab20's extra ten are pale twins of the same hues: a pale line reads as a variant of its dark twin)
+EXTRA_COLOURS = ["#1a237e", "#7b1e1e", "#00897b", "#556b2f", "#c2185b", "#c49a00", "#455a64", "#4a148c"]
+
+
+def line_styles(others: list, cycle: list) -> dict:
+    """A (colour, marker) per label: BET black (thicker, drawn by the caller), every other label its own colour
+    from the style's cycle, then from EXTRA_COLOURS; past those, colours repeat with another marker."""
+    import matplotlib
+
+    # black is BET's: keep it out of the others' colours should a user's matplotlib style cycle through it
+    colors = [c for c in cycle if not matplotlib.colors.same_color(c, "black")]
+    if len(others) > len(colors):
+        colors += [c for c in EXTRA_COLOURS if not any(matplotlib.colors.same_color(c, o) for o in colors)]
+    markers = "osD^v"
+    styles = {label: (colors[i % len(colors)], markers[(i // len(colors)) % len(markers)])
+              for i, label in enumerate(others)}
+    styles["bet"] = ("black", "o")
+    return styles
+
+
+def seed_count(counts: list) -> str:
+    """The legend's n: one number, or the range where sparsities have different numbers of seeds."""
+    low, high = min(counts), max(counts)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict) -> bool:
     try:
         import matplotlib
@@ -209,10 +236,6 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
     models = list(dict.fromkeys(m for (m, _, _) in expected))
     paper, _ = _paper_for(grids, dataset)
     fig, axes = plt.subplots(len(models), 2, figsize=(12, 3.9 * len(models)), squeeze=False)
-    # black is BET's: keep it out of the others' colours should a user's matplotlib style cycle through it
-    colors = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]
-              if not matplotlib.colors.same_color(c, "black")]
-    markers = "osD^v"  # a second marker once the colours run out, so no two lines look alike
     drawn = {}
     for model in models:
         groups, sparsities, labels = summarize(rows, expected, model)
@@ -220,22 +243,21 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
     left_out = any(hidden for *_, hidden in drawn.values())
     # one colour (and marker) per label across the models, so that es is the same line in every panel
     others = list(dict.fromkeys(label for *_, labels, _ in drawn.values() for label in labels if label != "bet"))
+    styles = line_styles(others, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for r, model in enumerate(models):
         groups, sparsities, labels, _ = drawn[model]
         for c, metric in enumerate(("recall@20", "ndcg@20")):
             ax = axes[r][c]
             for label in labels:
-                i = others.index(label) if label != "bet" else None
-                # the default BET in black and thicker, the rest in the colour cycle
-                color = "black" if i is None else colors[i % len(colors)]
-                marker = "o" if i is None else markers[(i // len(colors)) % len(markers)]
+                color, marker = styles[label]
+                is_bet = label == "bet"  # the default BET: black, thicker, on top
                 xs = [s for s in sparsities if (label, s) in groups and groups[label, s]["stats"][metric][0] is not None]
                 if xs:
                     means = [groups[label, s]["stats"][metric][0] for s in xs]
                     stds = [groups[label, s]["stats"][metric][1] or 0.0 for s in xs]
-                    n = max(len(groups[label, s]["rows"]) for s in xs)
+                    n = seed_count([len(groups[label, s]["rows"]) for s in xs])
                     ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, color=color,
-                                linewidth=2.5 if i is None else 1.5, zorder=3 if i is None else 2,
+                                linewidth=2.5 if is_bet else 1.5, zorder=3 if is_bet else 2,
                                 label=f"{label} (n={n})")
                 ref = paper.get(model, {}).get(label, {})
                 px = sorted(s for s in ref if metric in ref[s])
