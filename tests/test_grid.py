@@ -131,6 +131,21 @@ def test_a_method_with_its_own_models_runs_only_on_them(tmp_path):
         "ml-100k/LightGCN/es/0.9/seed2020", "ml-100k/NeuMF/es/0.9/seed2020", "ml-100k/NeuMF/bet-tied/0.9/seed2020"]
 
 
+def test_a_method_with_its_own_seeds_runs_and_is_counted_only_on_them(tmp_path):
+    spec = {**yaml.safe_load(TINY.read_text()), "seeds": [2020, 2021], "output_root": str(tmp_path / "r"),
+            "results_dir": str(tmp_path / "results"),
+            "methods": ["es", {"label": "es-once", "method": "es", "config": {"es_user_share": 1},
+                               "seeds": [2020]}]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert [c.id for c in grid_cells(load_grid(path))] == [
+        "ml-100k/LightGCN/es/0.9/seed2020", "ml-100k/LightGCN/es-once/0.9/seed2020",
+        "ml-100k/LightGCN/es/0.9/seed2021"]
+    proc = _run(f"--grid={path}", "--tables-only")  # nothing finished: the tables count what each label asks for
+    assert proc.returncode == 0, proc.stderr
+    assert "0 of 3 cells finished" in (tmp_path / "results" / "ml-100k.md").read_text()
+
+
 @pytest.mark.parametrize("change,message", [
     ({"methods": [{"label": "a/b", "method": "bet"}]}, "label"),
     ({"config": {"sparsity": 0.5}}, "cannot set sparsity"),
@@ -141,6 +156,8 @@ def test_a_method_with_its_own_models_runs_only_on_them(tmp_path):
     ({"resources": {"num_cpus": -1}}, "must be a number >= 0"),
     ({"methods": [{"method": "bet", "models": ["NeuMF"]}]}, "names model(s) NeuMF that the grid's `models`"),
     ({"methods": [{"method": "bet", "models": "LightGCN"}]}, "`models` must be a non-empty list"),
+    ({"methods": [{"method": "bet", "seeds": [7]}]}, "names seed(s) 7 that the grid's `seeds` (2020)"),
+    ({"methods": [{"method": "bet", "seeds": []}]}, "`seeds` must be a non-empty list"),
 ])
 def test_bad_grid_files_are_refused(tmp_path, change, message):
     spec = {**yaml.safe_load(TINY.read_text()), **change}

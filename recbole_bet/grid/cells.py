@@ -86,7 +86,8 @@ def grid_cells(grid: Grid) -> list:
     """Order: dataset, model, seed, sparsity, method (a complete first seed comes first). A method with its own
     ``models`` runs only on those."""
     return [Cell(grid, d, m, spec, s, k) for d in grid.datasets for m in grid.models for k in grid.seeds
-            for s in grid.sparsities for spec in grid.methods if spec.models is None or m in spec.models]
+            for s in grid.sparsities for spec in grid.methods
+            if (spec.models is None or m in spec.models) and (spec.seeds is None or k in spec.seeds)]
 
 
 def select_cells(cells: list, only: list) -> list:

@@ -40,6 +40,7 @@ class MethodSpec:
     method: str
     config: dict = field(default_factory=dict)
     models: list | None = None  # the grid's models this label runs on; None: all of them
+    seeds: list | None = None  # the grid's seeds this label runs on; None: all of them
 
 
 @dataclass
@@ -154,19 +155,20 @@ def _method_spec(entry, path) -> MethodSpec:
     if isinstance(entry, str):
         spec = MethodSpec(entry, entry)
     elif isinstance(entry, dict):
-        unknown = set(entry) - {"label", "method", "config", "models"}
+        unknown = set(entry) - {"label", "method", "config", "models", "seeds"}
         if unknown or "method" not in entry:
-            raise GridError(f"{path}: a method mapping needs `method` and may have `label`, `config` and `models`; "
-                            f"got {entry!r}")
+            raise GridError(f"{path}: a method mapping needs `method` and may have `label`, `config`, `models` and "
+                            f"`seeds`; got {entry!r}")
         where = f"{path}: method {entry.get('label', entry['method'])}"
         models = entry.get("models")
         if models is not None and (not isinstance(models, list) or not models
                                    or not all(isinstance(m, str) for m in models)):
             raise GridError(f"{where}: `models` must be a non-empty list of the grid's models, e.g. [NeuMF]")
+        seeds = _list(entry, "seeds", int, where) if entry.get("seeds") is not None else None
         spec = MethodSpec(str(entry.get("label", entry["method"])), str(entry["method"]),
-                          _check_config(entry.get("config"), where), models)
+                          _check_config(entry.get("config"), where), models, seeds)
     else:
-        raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config, models}}; "
+        raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config, models, seeds}}; "
                         f"got {entry!r}")
     if not LABEL.match(spec.label):
         raise GridError(f"{path}: method label {spec.label!r} must be letters, digits, '.', '_', '+' or '-'")
@@ -221,6 +223,12 @@ def load_grid(path, output_root=None, results_dir=None, workdir=None) -> Grid:
         if outside:
             raise GridError(f"{path}: method {spec.label} names model(s) {', '.join(outside)} that the grid's "
                             f"`models` ({', '.join(models)}) does not list")
+    seeds = _list(raw, "seeds", int, path)
+    for spec in methods:
+        outside = [str(k) for k in spec.seeds or [] if k not in seeds]
+        if outside:
+            raise GridError(f"{path}: method {spec.label} names seed(s) {', '.join(outside)} that the grid's "
+                            f"`seeds` ({', '.join(map(str, seeds))}) does not list")
     sparsities = _list(raw, "sparsities", float, path)
     if any(not 0 < s < 1 for s in sparsities):
         raise GridError(f"{path}: sparsities must lie strictly between 0 and 1, got {sparsities}")
@@ -232,7 +240,7 @@ def load_grid(path, output_root=None, results_dir=None, workdir=None) -> Grid:
     return Grid(
         name=name, path=path.resolve(),
         datasets=_list(raw, "datasets", str, path), models=models, methods=methods,
-        sparsities=sparsities, seeds=_list(raw, "seeds", int, path), config_files=[str(f) for f in files],
+        sparsities=sparsities, seeds=seeds, config_files=[str(f) for f in files],
         config=_check_config(raw.get("config"), path),
         output_root=_local_path(output_root or raw.get("output_root") or f"results/runs/{name}", workdir),
         results_dir=_local_path(results_dir or raw.get("results_dir") or "results", workdir),
