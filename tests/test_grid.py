@@ -390,15 +390,27 @@ def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path
         _fake_report(cell, 0.3, 0.3)
         report = json.loads(cell.report_path.read_text())
         first = {"kept_params": 90, "valid": {"ndcg@20": 0.2}, "test": {"recall@20": 0.25}}
-        report.update(full_params=1000, search={"retrained": [first, dict(first)],
+        # fitness 3 > 2 > 1 against validation quality 0.30 < 0.32 > 0.31: Spearman -0.5
+        retrained = [dict(first, fitness=f, valid_quality=q) for f, q in ((3, 0.30), (2, 0.32), (1, 0.31))]
+        report.update(full_params=1000, search={"retrained": retrained,
                                                 "retrain_schedule": "halving" if "halving" in cell.spec.label
-                                                else "top_k"})
+                                                else "top_k"},
+                      sizes={"user_share": 0.95, "users": {"mean": 33.8}, "items": {"mean": 1.0},
+                             "pair_shared_mean": 1.0})
         cell.report_path.write_text(json.dumps(report))
     rows, expected = collect([g], "toy")
     assert sorted(r["method"] for r in rows) == ["bet", "bet-halving", "bet@1"]
     one = next(r for r in rows if r["method"] == "bet@1")
     assert one["test_recall@20"] == 0.25 and one["selected_from"] == 1 and one["realized_sparsity"] == 0.91
     assert ("LightGCN", "bet-halving@1", 0.9) not in expected
+    # the chosen model's sizes and the probe correlation stay in the CSV (run folders are not committed); the @1
+    # row has neither (the report describes the chosen action), nor has halving a correlation (unequal rounds)
+    bet = next(r for r in rows if r["method"] == "bet")
+    assert (bet["user_share"], bet["users_mean_size"], bet["items_mean_size"], bet["pair_shared_mean"]) == (
+        0.95, 33.8, 1.0, 1.0)
+    assert bet["probe_spearman"] == -0.5 and bet["selected_from"] == 3
+    assert one["user_share"] is None and one["probe_spearman"] is None
+    assert next(r for r in rows if r["method"] == "bet-halving")["probe_spearman"] is None
 
 
 def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):

@@ -11,10 +11,13 @@ from recbole_bet.grid.cells import comparable_args, grid_cells, load_json
 from recbole_bet.grid.load import METRICS, Grid, GridError, load_grid
 
 TIMINGS = ("pretrain", "search", "retrain", "total")
+# where the final model's units went (the report's `sizes`), kept in the CSV because run folders are not in git
+SIZE_COLUMNS = {"user_share": ("user_share",), "users_mean_size": ("users", "mean"),
+                "items_mean_size": ("items", "mean"), "pair_shared_mean": ("pair_shared_mean",)}
 CSV_COLUMNS = (["dataset", "model", "method", "base_method", "sparsity", "seed", "realized_sparsity", "kept_params",
                 "budget_params", "budget_applied"] + [f"{s}_{m}" for s in ("valid", "test") for m in METRICS]
-               + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "selected_from", "all_converged", "max_epochs",
-                                                "grid", "output_dir"])
+               + [f"{t}_s" for t in TIMINGS] + ["wall_s", "resumed", "selected_from", "all_converged", "max_epochs"]
+               + list(SIZE_COLUMNS) + ["probe_spearman", "grid", "output_dir"])
 
 
 def merge_set(grid: Grid) -> list:
@@ -123,15 +126,23 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         trainings = report.get("trainings") or []
         row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
         row["max_epochs"] = max((t.get("epochs") or 0 for t in trainings), default=None) if trainings else None
-        rows.append(row)
+        for column, path in SIZE_COLUMNS.items():
+            value = report.get("sizes")
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            row[column] = value
         # bet@1: the fittest action retrained once, at no extra cost. Not under successive halving, whose first
-        # action may have been stopped after one short round: its metrics are not a training to convergence.
+        # action may have been stopped after one short round: its metrics are not a training to convergence
+        # (nor are the actions' qualities comparable for the probe correlation).
         halving = (report.get("search") or {}).get("retrain_schedule") == "halving"
+        row["probe_spearman"] = None if halving else probe_spearman(retrained)
+        rows.append(row)
         if retrained and "test" in retrained[0] and not halving:
             first = retrained[0]
             one = dict(row, method=f"{label}@1", selected_from=1, output_dir=f"{cell.dir_arg}#@1",
                        realized_sparsity=1 - first["kept_params"] / report["full_params"],
-                       kept_params=first["kept_params"])
+                       kept_params=first["kept_params"], probe_spearman=None,
+                       **dict.fromkeys(SIZE_COLUMNS))  # the report describes the chosen action's sizes only
             for split in ("valid", "test"):
                 for m in METRICS:
                     one[f"{split}_{m}"] = first[split].get(m)
@@ -140,6 +151,20 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
                                          {"n": 0, "base": cell.spec.method})
             group1["n"] += 1
     return rows, expected
+
+
+def probe_spearman(retrained) -> float | None:
+    """Spearman correlation of BET's probe fitness with the validation quality its top actions reached when
+    retrained (docs/deviations.md, "Probe finetuning scaled"); None under 3 actions or with ties all round."""
+    if not retrained or len(retrained) < 3 or any("valid_quality" not in r for r in retrained):
+        return None
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    fitness, quality = [r["fitness"] for r in retrained], [r["valid_quality"] for r in retrained]
+    if np.std(fitness) == 0 or np.std(quality) == 0:
+        return None
+    return round(float(spearmanr(fitness, quality).statistic), 6)
 
 
 def n_asked(expected: dict) -> int:
