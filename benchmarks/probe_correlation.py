@@ -1,8 +1,10 @@
 """How well BET's probe fitness predicts the quality an action reaches when retrained: Spearman per BET cell.
 
-    python benchmarks/probe_correlation.py RUN_ROOT [RUN_ROOT ...] [--out=results/probe_correlation.md]
+    python benchmarks/probe_correlation.py RUN_ROOT|RESULTS.csv [...] [--out=results/probe-correlation.md]
 
-Reads every ``report.json`` of a BET run below the given folders (grid output roots or single runs). Each BET
+Reads every ``report.json`` of a BET run below the given folders (grid output roots or single runs), and the
+``probe_spearman`` column of grid results CSVs for the cells whose run folders are not here (results/runs is not
+committed; the CSV keeps the per-cell value but not the probe batch or the actions' range: "–"). Each BET
 report lists its retrained actions (``search.retrained``: search fitness and validation quality after retraining,
 Eq. 13), so each cell gives a Spearman correlation over its top-k actions (k = 5 by default: a noisy estimate per
 cell, hence the mean over cells). Cells are grouped by dataset, model, method label (the grid's folder name),
@@ -48,6 +50,27 @@ def cells(roots) -> list:
     return out
 
 
+def csv_cells(paths, seen: set) -> list:
+    """Cells from results CSVs (grid rows with a probe_spearman), except those already read from a report."""
+    import csv
+
+    out = []
+    for path in paths:
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if not row.get("probe_spearman"):
+                    continue
+                key = (row["dataset"], row["model"], row["method"], float(row["sparsity"]), int(row["seed"]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append({"path": row.get("output_dir", ""), "dataset": row["dataset"], "model": row["model"],
+                            "label": row["method"], "valid_range": None, "sparsity": float(row["sparsity"]),
+                            "seed": int(row["seed"]), "batch": "–", "steps": None,
+                            "k": int(row["selected_from"]), "spearman": float(row["probe_spearman"])})
+    return out
+
+
 def table(rows: list) -> list:
     groups = {}
     for r in rows:
@@ -59,9 +82,10 @@ def table(rows: list) -> list:
         mean = f"{np.mean(values):+.3f}" if values else "n/a"
         per = ", ".join(f"{g['sparsity']:g}/s{g['seed']}: " + ("n/a" if g["spearman"] is None else f"{g['spearman']:+.2f}")
                         for g in group)
-        spread = np.mean([g["valid_range"] for g in group])
+        ranges = [g["valid_range"] for g in group if g["valid_range"] is not None]
+        spread = f"{np.mean(ranges):.4f}" if ranges else "–"
         lines.append(f"| {dataset} | {model} | {label} | {batch} | {steps if steps is not None else '–'} | {len(group)} "
-                     f"| {mean} | {spread:.4f} | {per} |")
+                     f"| {mean} | {spread} | {per} |")
     return lines
 
 
@@ -70,7 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("roots", nargs="+")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
-    rows = cells(args.roots)
+    rows = cells([r for r in args.roots if not r.endswith(".csv")])
+    seen = {(r["dataset"], r["model"], r["label"], float(r["sparsity"]), int(r["seed"])) for r in rows}
+    rows += csv_cells([r for r in args.roots if r.endswith(".csv")], seen)
     if not rows:
         print("no BET reports with retrained actions under " + ", ".join(args.roots), file=sys.stderr)
         return 1

@@ -81,12 +81,18 @@ def test_probe_correlation_groups_cells_and_ranks_fitness_against_retrained_qual
     es = tmp_path / "runs" / "ml-100k" / "LightGCN" / "es" / "0.9" / "seed2020"  # not a search: skipped
     es.mkdir(parents=True)
     (es / "report.json").write_text(json.dumps({"method": "es", "search": None}))
+    # a results CSV: a cell whose run folder is gone (kept) and one read from its report above (not counted twice)
+    results = tmp_path / "ml-100k.csv"
+    head = "dataset,model,method,sparsity,seed,selected_from,probe_spearman,output_dir\n"
+    results.write_text(head + "ml-100k,LightGCN,bet,0.9,2022,5,0.3,x\nml-100k,LightGCN,bet,0.9,2020,5,-0.2,y\n"
+                       "ml-100k,LightGCN,es,0.9,2022,1,,z\n")
     out = tmp_path / "corr.md"
-    proc = subprocess.run([sys.executable, "benchmarks/probe_correlation.py", str(tmp_path / "runs"), f"--out={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "benchmarks/probe_correlation.py", str(tmp_path / "runs"), str(results),
+                           f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ml-100k")]
     assert rows == [
+        "| ml-100k | LightGCN | bet | – | – | 1 | +0.300 | – | 0.9/s2022: +0.30 |",
         "| ml-100k | LightGCN | bet | 985 | 520 | 2 | +0.000 | 0.0400 | 0.9/s2020: +1.00, 0.9/s2021: -1.00 |",
         "| ml-100k | LightGCN | bet-b10000 | 10000 | 520 | 1 | +0.900 | 0.0400 | 0.9/s2020: +0.90 |",
     ]
