@@ -21,13 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def spearman(a, b) -> float | None:
-    from scipy.stats import spearmanr
-
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return None
-    return float(spearmanr(a, b).statistic)
+from recbole_bet.grid.rows import probe_spearman
 
 
 def cells(roots) -> list:
@@ -40,7 +34,7 @@ def cells(roots) -> list:
             if not retrained:
                 continue
             quality = [r["valid_quality"] for r in retrained]
-            rho = spearman([r["fitness"] for r in retrained], quality)
+            rho = probe_spearman(retrained)  # the grid CSV's probe_spearman, computed the same way
             label = path.parent.parent.parent.name if path.parent.name.startswith("seed") else report["method"]
             out.append({"path": str(path.parent), "dataset": report["dataset"], "model": report["model"],
                         "label": label, "valid_range": max(quality) - min(quality),
