@@ -345,6 +345,20 @@ def split_equal_sizes(budget: Budget, user_share: float, user_freq, item_freq) -
     return np.concatenate(sides)
 
 
+ONE_SIZE_PER_SIDE = ("es", "es-users", "es-items")
+
+
+def one_size_per_side(name: str, budget: Budget, user_freq, item_freq) -> np.ndarray:
+    """The sizings that give every row of a side one size: ``es`` (equal sizes, remainder by frequency),
+    ``es-users`` (the whole budget the users can hold on the users, the items at d_min) and ``es-items`` (the
+    other way round)."""
+    if name == "es":
+        return equal_sizes(budget, user_freq, item_freq)
+    if name in ("es-users", "es-items"):
+        return split_equal_sizes(budget, 1.0 if name == "es-users" else 0.0, user_freq, item_freq)
+    raise ValueError(f"unknown one-size-per-side sizing {name!r}; known: {', '.join(ONE_SIZE_PER_SIDE)}")
+
+
 def size_summary(budget: Budget, sizes, pair_users=None, pair_items=None, keep=None) -> dict:
     """Where a selection's units go: the users' share of them, each side's mean / min / max size and, given the
     training pairs (0-based user and item indices), the mean over pairs of the columns both rows keep (min(d_u,

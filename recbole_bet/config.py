@@ -14,7 +14,7 @@ from recbole.config import Config
 from recbole.utils import ModelType
 
 from recbole_bet import compat
-from recbole_bet.budget import parse_bytes, validate_budget_keys
+from recbole_bet.budget import ONE_SIZE_PER_SIDE, parse_bytes, validate_budget_keys
 from recbole_bet.errors import BadInput
 from recbole_bet.methods import METHODS
 from recbole_bet.models import configure_width
@@ -24,6 +24,16 @@ ESAPN_BUDGET_MODES = ("cap", "none")
 # each method's own keys start with its prefix; none of them shapes pretraining or the shared training keys
 METHOD_KEY_PREFIXES = ("bet_", "es_", "pep_", "sseds_", "esapn_", "rule_", "magprune_", "ciess_", "optembed_")
 DEFAULT_SPARSITY = 0.9  # SPEC; overall.yaml leaves sparsity empty so that memory_budget can replace it
+
+
+def anchor_names(config) -> list:
+    """``bet_anchors`` as a list of names: a YAML list, a comma-separated string (``--bet_anchors=es,es-users``),
+    or none (``[]``, ``none``, empty)."""
+    value = config["bet_anchors"]
+    if isinstance(value, str):  # from the command line: "es,es-users" or "[es, es-users]"
+        value = [name.strip(" '\"") for name in value.strip().strip("[]").split(",")]
+        value = [name for name in value if name and name.lower() != "none"]
+    return [str(name) for name in value or []]
 
 
 def properties_dir() -> Path:
@@ -211,6 +221,14 @@ def validate(config) -> None:
                          ("bet_probe_seed", ("per_iteration", "shared"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
+    anchors = anchor_names(config)
+    unknown = [name for name in anchors if name not in ONE_SIZE_PER_SIDE]
+    if unknown or len(set(anchors)) != len(anchors):
+        raise BadInput(f"bet_anchors must name distinct actions among {', '.join(ONE_SIZE_PER_SIDE)} (or none), got "
+                       f"{config['bet_anchors']!r} (e.g. --bet_anchors=es,es-users,es-items)")
+    if method == "bet" and len(anchors) > config["bet_iterations"]:
+        raise BadInput(f"bet_anchors names {len(anchors)} actions but bet_iterations is {config['bet_iterations']}: "
+                       "each anchor takes one of the search's iterations")
     share = config["es_user_share"]
     if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
         raise BadInput(f"es_user_share must be a number in [0, 1] (the users' share of the budget) or null "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGY_COLOURS = {"predicted": "tab:blue", "random": "tab:orange", "nearest": "tab:green"}
+STRATEGY_COLOURS = {"predicted": "tab:blue", "random": "tab:orange", "nearest": "tab:green", "anchor": "tab:red"}
 
 
 def _pyplot():

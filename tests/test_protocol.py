@@ -368,3 +368,19 @@ def test_the_paper_profile_selects_the_papers_bet(tmp_path):
         "retrain_schedule": "top_k", "retrain_pick": "fittest", "probe_seed": "per_iteration"}
     assert search["finetune_batch_size"] == 10000  # the paper's, not scaled to ml-100k
     assert len(search["retrained"]) == 2 and all("round" not in e for e in search["retrained"])
+
+
+def test_bet_anchors_through_the_cli(tmp_path):
+    """--bet_anchors=es-users,es: the first two iterations probe those sizings (each side one size, the budget
+    used), the report names them, and the run stays within budget."""
+    report = quick_bet_report(tmp_path, "--bet_anchors=es-users,es")
+    search = report["search"]
+    assert search["anchors"] == ["es-users", "es"]
+    first = search["iterations"][:2]
+    assert [it["strategy"] for it in first] == ["anchor", "anchor"]
+    assert [it["anchor"] for it in first] == ["es-users", "es"]
+    assert all("anchor" not in it for it in search["iterations"][2:])
+    assert first[0]["user_share"] > 0.9 > first[1]["user_share"]  # es-users: the items at d_min
+    budget = report["budget_params"]
+    assert all(budget - 200 < it["kept_params"] <= budget for it in first)
+    assert report["kept_params"] <= budget

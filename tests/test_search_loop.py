@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from recbole_bet.budget import make_budget
-from recbole_bet.methods.bet.loop import NEAREST, PREDICTED, RANDOM, Member, SearchLoop, strategy_for
+from recbole_bet.budget import make_budget, one_size_per_side
+from recbole_bet.methods.bet.loop import ANCHOR, NEAREST, PREDICTED, RANDOM, Member, SearchLoop, strategy_for
 from recbole_bet.methods.bet.method import retrain_and_choose
 from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
 from recbole_bet.methods.bet.sampler import ActionSampler
@@ -12,15 +12,16 @@ from recbole_bet.training import quality
 N_USERS, N_ITEMS = 40, 60
 
 
-def _loop(probe, selection="schedule", seed=0, predictor="deepsets"):
+def _loop(probe, selection="schedule", seed=0, predictor="deepsets", anchors=()):
     rng = np.random.default_rng(seed)
     budget = make_budget(0.8, 32, 1, N_USERS, N_ITEMS, 1)
     user_freq, item_freq = rng.integers(0, 50, N_USERS), rng.integers(0, 50, N_ITEMS)
     torch.manual_seed(seed)
     model = build_predictor(predictor, user_freq, item_freq, 32)
     trainer = PredictorTrainer(model, lr=1e-2, generator=torch.Generator().manual_seed(seed))
+    anchors = [(name, one_size_per_side(name, budget, user_freq, item_freq)) for name in anchors]
     return SearchLoop(ActionSampler(budget, user_freq, item_freq), model, trainer, probe, 10, seed,
-                      selection=selection)
+                      selection=selection, anchors=anchors)
 
 
 def _fitness(sizes, t=0):
@@ -131,3 +132,61 @@ def test_resumed_search_repeats_the_uninterrupted_one():
     for a, b in zip(full.state.population, resumed.state.population):
         assert (a.sizes == b.sizes).all() and a.fitness == b.fitness and a.strategy == b.strategy
         assert abs(a.predicted_fitness - b.predicted_fitness) < 1e-6
+
+
+def test_anchors_take_the_first_iterations_and_leave_the_later_draws_alone():
+    """bet_anchors: the named one-size-per-side actions are probed first, as they are; from then on each iteration
+    draws the candidates a search without anchors draws (with random selection, the very same actions)."""
+    plain = _loop(_fitness, selection="random", seed=3)
+    plain.run(6)
+    anchored = _loop(_fitness, selection="random", seed=3, anchors=("es-users", "es-items"))
+    anchored.run(6)
+    population = anchored.state.population
+    assert [m.strategy for m in population[:2]] == [ANCHOR, ANCHOR]
+    assert [m.anchor for m in population] == ["es-users", "es-items", None, None, None, None]
+    users, items = population[0].sizes, population[1].sizes
+    assert len(set(users[:N_USERS])) <= 2 and users[N_USERS:].max() == 1  # one size (and the remainder's +1)
+    assert len(set(items[N_USERS:])) <= 2 and items[:N_USERS].max() == 1
+    assert population[0].fitness == _fitness(users) and population[0].kept_params == users.sum()
+    for a, b in zip(plain.state.population[2:], population[2:]):
+        assert (a.sizes == b.sizes).all() and a.strategy == b.strategy
+    # the synthetic fitness rewards the users' share: the users' anchor tops the population and is retrained first
+    assert anchored.state.top(1)[0].anchor == "es-users"
+
+
+def test_resumed_search_keeps_its_anchors():
+    """A search stopped after its anchors resumes with them as members and repeats the uninterrupted search."""
+    full = _loop(_fitness, seed=4, anchors=("es",))
+    full.run(5)
+    first = _loop(_fitness, seed=4, anchors=("es",))
+    first.run(2)
+    saved = [Member(m.t, m.strategy, m.sizes.copy(), None, m.fitness, m.predicted_fitness, m.kept_params, m.seconds,
+                    m.anchor) for m in first.state.population]
+    resumed = _loop(_fitness, seed=4, anchors=("es",))
+    resumed.trainer.load_state_dict(first.trainer.state_dict())
+    resumed.restore(saved, first.state.max_candidate_kept_params)
+    resumed.run(5)
+    assert [m.anchor for m in resumed.state.population] == ["es", None, None, None, None]
+    for a, b in zip(full.state.population, resumed.state.population):
+        assert (a.sizes == b.sizes).all() and a.fitness == b.fitness and a.strategy == b.strategy
+
+
+class _Config(dict):
+    """The two ways run_identity reads a RecBole Config."""
+
+    @property
+    def final_config_dict(self):
+        return self
+
+
+def test_run_identity_reads_anchors_in_every_spelling_and_old_checkpoints_still_match():
+    """A checkpoint written before bet_anchors existed (no key) is the same run as bet_anchors: [] today; the
+    command line's "es,es-users" and the YAML list name the same run; other anchors do not."""
+    from recbole_bet.methods.bet.method import run_identity
+
+    base = {"method": "bet", "sparsity": 0.9, "bet_sampler": "paper_filled"}
+    before = run_identity(_Config(base))
+    assert run_identity(_Config(base, bet_anchors=[])) == before
+    assert run_identity(_Config(base, bet_anchors="none")) == before
+    assert run_identity(_Config(base, bet_anchors="es,es-users")) == run_identity(_Config(base, bet_anchors=["es", "es-users"]))
+    assert run_identity(_Config(base, bet_anchors=["es"])) != before

@@ -2,7 +2,8 @@
 
 Each iteration samples m candidate actions, picks one by the strategy of the iteration, probes it (the
 caller finetunes and scores the model: ``probe(sizes) -> fitness``), adds it to the population and
-updates the fitness predictor N times.
+updates the fitness predictor N times. Anchors (``bet_anchors``, not in the paper) take the first iterations
+instead: named actions probed as they are, so that the population starts with them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from recbole_bet.methods.bet.predictor import PredictorTrainer
 from recbole_bet.methods.bet.sampler import ActionSampler
 
-PREDICTED, RANDOM, NEAREST = "predicted", "random", "nearest"
+PREDICTED, RANDOM, NEAREST, ANCHOR = "predicted", "random", "nearest", "anchor"
 
 
 def strategy_for(t: int, selection: str = "schedule") -> str:
@@ -39,6 +40,7 @@ class Member:
     predicted_fitness: float
     kept_params: int
     seconds: float
+    anchor: str | None = None  # the anchor's name, for an anchor iteration
 
 
 @dataclass
@@ -90,13 +92,16 @@ def iteration_seed(seed: int, t: int) -> int:
 
 
 class SearchLoop:
-    """``probe(sizes, t) -> fitness`` finetunes and scores one action (the caller owns the model)."""
+    """``probe(sizes, t) -> fitness`` finetunes and scores one action (the caller owns the model). ``anchors``:
+    (name, sizes) pairs probed at iterations 0, 1, ... in place of a sampled candidate; every iteration's sampling
+    draws from its own seed, so the candidates of the later iterations are those a search without anchors draws."""
 
     def __init__(self, sampler: ActionSampler, predictor: torch.nn.Module, trainer: PredictorTrainer,
                  probe: Callable[[np.ndarray, int], float], candidates: int, seed: int,
-                 selection: str = "schedule", logger=None):
+                 selection: str = "schedule", logger=None, anchors=()):
         self.sampler, self.predictor, self.trainer, self.probe = sampler, predictor, trainer, probe
         self.candidates, self.seed, self.selection = candidates, seed, selection
+        self.anchors = list(anchors)
         self.rng = np.random.default_rng(seed)
         self.state = SearchState()
         self.logger = logger or logging.getLogger()
@@ -116,17 +121,24 @@ class SearchLoop:
 
     def step(self, t: int) -> Member:
         start = perf_counter()
-        strategy = strategy_for(t, self.selection)
-        self.rng = np.random.default_rng(iteration_seed(self.seed, t))
-        candidates = self.sampler.sample(self.candidates, self.rng)
+        if t < len(self.anchors):
+            name, candidates = self.anchors[t][0], self.anchors[t][1][None, :]
+            strategy, index = ANCHOR, 0
+            encoded = self.predictor.encode(candidates)
+            with torch.no_grad():
+                predicted = self.predictor(encoded).cpu().numpy()
+        else:
+            name, strategy = None, strategy_for(t, self.selection)
+            self.rng = np.random.default_rng(iteration_seed(self.seed, t))
+            candidates = self.sampler.sample(self.candidates, self.rng)
+            encoded = self.predictor.encode(candidates)
+            index, predicted = self.choose(strategy, encoded)
         kept = self.sampler.budget.kept_params_many(candidates)
         self.state.max_candidate_kept_params = max(self.state.max_candidate_kept_params, int(kept.max()))
-        encoded = self.predictor.encode(candidates)
-        index, predicted = self.choose(strategy, encoded)
         sizes = candidates[index].astype(np.int64)
         fitness = float(self.probe(sizes, t))
         member = Member(t, strategy, sizes, encoded[index:index + 1].clone(), fitness, float(predicted[index]),
-                        int(kept[index]), 0.0)
+                        int(kept[index]), 0.0, name)
         self.state.population.append(member)
         population = torch.cat([m.encoded for m in self.state.population])
         targets = torch.tensor([m.fitness for m in self.state.population], dtype=torch.float32)
@@ -148,8 +160,9 @@ class SearchLoop:
         for t in range(start, iterations):
             member = self.step(t)
             best = self.state.best()
+            what = member.strategy if member.anchor is None else f"anchor ({member.anchor})"
             self.logger.info(
-                f"BET iteration {t + 1}/{iterations}: {member.strategy} action, fitness {member.fitness:.4f} "
+                f"BET iteration {t + 1}/{iterations}: {what} action, fitness {member.fitness:.4f} "
                 f"(predicted {member.predicted_fitness:.4f}), best {best.fitness:.4f}, {member.seconds:.1f}s"
             )
             if progress is not None:

@@ -8,7 +8,8 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from recbole_bet.config import pretrain_key_items
+from recbole_bet.budget import one_size_per_side
+from recbole_bet.config import anchor_names, pretrain_key_items
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.methods.bet import checkpoint
 from recbole_bet.methods.bet.loop import Member, SearchLoop, iteration_seed
@@ -23,7 +24,7 @@ from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTrai
 
 # keys added after checkpoints were written: left out of a run's identity while at these values (their
 # defaults, the behaviour before the key existed), so that those checkpoints still resume
-LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration"}
+LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": []}
 
 
 def run_identity(config) -> dict:
@@ -32,6 +33,8 @@ def run_identity(config) -> dict:
     items.update({k: config[k] for k in ("method", "sparsity", "memory_budget", "d_min")
                   if k in config.final_config_dict})
     items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
+    if "bet_anchors" in items:
+        items["bet_anchors"] = anchor_names(config)
     for key, default in LATER_KEYS_DEFAULTS.items():
         if items.get(key) == default:
             del items[key]
@@ -109,7 +112,8 @@ class BET(Method):
         search = {
             "iterations": [
                 {"t": m.t, "strategy": m.strategy, "kept_params": m.kept_params, "fitness": m.fitness,
-                 "predicted_fitness": m.predicted_fitness, "seconds": m.seconds, "user_share": user_share[m.t]}
+                 "predicted_fitness": m.predicted_fitness, "seconds": m.seconds, "user_share": user_share[m.t],
+                 **({} if m.anchor is None else {"anchor": m.anchor})}
                 for m in state.population
             ],
             "max_candidate_kept_params": state.max_candidate_kept_params,
@@ -121,7 +125,7 @@ class BET(Method):
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
             "sides": config["bet_sides"], "probe_seed": config["bet_probe_seed"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
-            "retrain_pick": config["bet_retrain_pick"],
+            "retrain_pick": config["bet_retrain_pick"], "anchors": anchor_names(config),
         }
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
@@ -194,7 +198,7 @@ def _save(path, identity, loop, timings, saved_retrain, trainings=()):
     meta = {
         "identity": identity, "timings": timings,
         "members": [{"t": m.t, "strategy": m.strategy, "fitness": m.fitness, "predicted_fitness": m.predicted_fitness,
-                     "kept_params": m.kept_params, "seconds": m.seconds} for m in population],
+                     "kept_params": m.kept_params, "seconds": m.seconds, "anchor": m.anchor} for m in population],
         "max_candidate_kept_params": loop.state.max_candidate_kept_params,
         "retrained": saved_retrain.get("retrained", []), "best_rank": saved_retrain.get("best_rank"),
         "trainings": list(trainings),
@@ -209,7 +213,7 @@ def _save(path, identity, loop, timings, saved_retrain, trainings=()):
 def _members_from(meta, saved) -> list:
     sizes = saved["sizes"].numpy().astype(np.int64)
     return [Member(m["t"], m["strategy"], sizes[i], None, m["fitness"], m["predicted_fitness"], m["kept_params"],
-                   m["seconds"]) for i, m in enumerate(meta["members"])]
+                   m["seconds"], m.get("anchor")) for i, m in enumerate(meta["members"])]
 
 
 def retrain_start(ctx, pre_state) -> dict:
@@ -339,6 +343,13 @@ def fitness_loader(ctx):
     return validation_subset(ctx.config, ctx.valid_data, fraction, ctx.config["seed"])
 
 
+def anchor_actions(ctx) -> list:
+    """(name, sizes) of each ``bet_anchors`` entry: one-size-per-side actions the search probes first, so that
+    its population holds them whatever the sampler reaches (docs/deviations.md)."""
+    return [(name, one_size_per_side(name, ctx.budget, ctx.user_freq, ctx.item_freq))
+            for name in anchor_names(ctx.config)]
+
+
 def build_search(ctx, probe) -> SearchLoop:
     """Sampler, predictor and its trainer wired into a search loop, seeded from the config."""
     config = ctx.config
@@ -353,4 +364,4 @@ def build_search(ctx, probe) -> SearchLoop:
                                batch_size=config["bet_predictor_batch_size"],
                                updates_per_iteration=config["bet_predictor_updates"], generator=generator)
     return SearchLoop(sampler, predictor, trainer, probe, config["bet_candidates"], seed,
-                      selection=config["bet_selection"])
+                      selection=config["bet_selection"], anchors=anchor_actions(ctx))
