@@ -33,7 +33,9 @@ def anchor_names(config) -> list:
     if isinstance(value, str):  # from the command line: "es,es-users" or "[es, es-users]"
         value = [name.strip(" '\"") for name in value.strip().strip("[]").split(",")]
         value = [name for name in value if name and name.lower() != "none"]
-    return [str(name) for name in value or []]
+    if value is None:
+        return []
+    return [str(name) for name in (value if isinstance(value, (list, tuple)) else [value])]  # a scalar: checked as a name
 
 
 def properties_dir() -> Path:

@@ -190,3 +190,15 @@ def test_run_identity_reads_anchors_in_every_spelling_and_old_checkpoints_still_
     assert run_identity(_Config(base, bet_anchors="none")) == before
     assert run_identity(_Config(base, bet_anchors="es,es-users")) == run_identity(_Config(base, bet_anchors=["es", "es-users"]))
     assert run_identity(_Config(base, bet_anchors=["es"])) != before
+
+
+def test_anchor_names_from_every_spelling():
+    """YAML lists, the command line's strings and none all read as a list of names; a scalar stays a name, so that
+    validation rejects it by name."""
+    from recbole_bet.config import anchor_names
+
+    spellings = {None: [], "none": [], "[]": [], "es,es-users": ["es", "es-users"],
+                 "['es', 'es-users']": ["es", "es-users"], "[es, es-items]": ["es", "es-items"], 5: ["5"]}
+    for value, names in spellings.items():
+        assert anchor_names({"bet_anchors": value}) == names, value
+    assert anchor_names({"bet_anchors": ["es-users"]}) == ["es-users"]
