@@ -25,7 +25,9 @@ def _check_search_report(report, config_t=3, top_k=2):
     search = report["search"]
     assert report["method"] == "bet"
     assert [it["t"] for it in search["iterations"]] == list(range(config_t))
-    assert [it["strategy"] for it in search["iterations"]] == ["predicted", "predicted", "predicted"][:config_t]
+    # the quick profile's one anchor (bet_anchors: [es-users]) first, then the schedule's predicted picks
+    assert [it["strategy"] for it in search["iterations"]] == ["anchor", "predicted", "predicted"][:config_t]
+    assert search["anchors"] == ["es-users"] and search["iterations"][0]["anchor"] == "es-users"
     for it in search["iterations"]:
         assert it["kept_params"] <= report["budget_params"]
         assert 0 < it["fitness"] and np.isfinite(it["predicted_fitness"]) and 0 <= it["user_share"] <= 1
