@@ -7,7 +7,7 @@ action) or the probe's (it ranked a better action lower)?
 Each action is probed exactly as a BET run probes its candidates (``methods.bet.method.Probe``: finetuning from
 the seed's cached pretrained weights with the action's sizes, fitness = validation quality relative to the
 pretrained model's) once per probe seed ``t`` (the search's iteration seed), so every action meets the same
-finetuning draws. Actions: ``es`` (equal sizes), ``es-users`` (equal sizes, the whole budget to users) and any run
+finetuning draws. Actions: ``es`` (equal sizes), ``es-users`` / ``es-items`` (one size per side, the whole budget to users / items) and any run
 folder holding a ``table.npz`` (its chosen sizes; a BET run's report adds the best fitness its search found).
 Validation data only. Appends to ``<out>.json`` (replacing an entry of the same model, dataset, sparsity, seed
 and action) and rewrites ``<out>.md``. Progress goes to stderr.
@@ -33,16 +33,13 @@ def entry_key(e: dict) -> str:
 
 def action_sizes(ctx, action: str) -> tuple[np.ndarray, dict]:
     """(sizes, facts) of a named action or of a run folder's chosen action."""
-    from recbole_bet.budget import equal_sizes, split_equal_sizes
+    from recbole_bet.budget import ONE_SIZE_PER_SIDE, one_size_per_side
 
-    b = ctx.budget
-    if action == "es":
-        return equal_sizes(b, ctx.user_freq, ctx.item_freq), {}
-    if action == "es-users":
-        return split_equal_sizes(b, 1.0, ctx.user_freq, ctx.item_freq), {}
+    if action in ONE_SIZE_PER_SIDE:  # the sizings BET's anchors probe
+        return one_size_per_side(action, ctx.budget, ctx.user_freq, ctx.item_freq), {}
     folder = Path(action)
     if not (folder / "table.npz").is_file():
-        raise SystemExit(f"error: {action} is neither es, es-users nor a run folder with a table.npz")
+        raise SystemExit(f"error: {action} is neither {', '.join(ONE_SIZE_PER_SIDE)} nor a run folder with a table.npz")
     from recbole_bet.export import load_artifact
 
     config = ctx.config
@@ -88,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=2020)
-    p.add_argument("--actions", default="es", help="comma-separated: es, es-users, run folders with a table.npz")
+    p.add_argument("--actions", default="es", help="comma-separated: es, es-users, es-items, run folders with a table.npz")
     p.add_argument("--probe-seeds", default="0,1,2", help="the search iterations t whose finetuning draws are used")
     p.add_argument("--out", default="results/probe-actions-ml-100k", help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
