@@ -236,7 +236,7 @@ def test_tables_from_finished_cells(tmp_path):
             "methods": ["es", "mr", "bet", {"label": "bet-random", "method": "bet", "config": {"bet_selection": "random"}},
                         {"label": "esapn-none", "method": "esapn", "config": {"esapn_budget": "none"}}],
             "output_root": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
-            "paper_source": "made-up numbers", "paper": {"toy": {"LightGCN": {"bet": {0.8: {"R@20": 0.5}}}}}}
+            "paper_source": "made-up numbers.", "paper": {"toy": {"LightGCN": {"bet": {0.8: {"R@20": 0.5}}}}}}
     path = tmp_path / "grids" / "fake.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(spec))
@@ -274,7 +274,7 @@ def test_tables_from_finished_cells(tmp_path):
     assert "| esapn-none ‡ | 0.8 | 0.8000 | 0." in md and "‡ budget not applied" in md
     assert "**0.9" not in md
     assert {r["budget_applied"] for r in rows if r["method"] == "esapn-none"} == {"False"}
-    assert "R@20 paper" in md and "0.5000" in md and "made-up numbers" in md
+    assert "R@20 paper" in md and "0.5000" in md and "Paper columns: made-up numbers." in md and ".." not in md
     assert "| mr | 0.9 | 0.9000 |" in md and "| 1/3 |" in md
     assert "| es | 0.8 | 0.8000 |" in md and "| 3/3 |" in md  # not 3/6: the sibling's es cells are the same
     assert "| bet@other | 0.8 | – |" in md and "| 0/3 |" in md

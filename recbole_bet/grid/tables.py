@@ -177,7 +177,7 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | " + " | ".join(numbers) + " |")
             lines.append("")
     if sources:
-        lines += ["Paper columns: " + "; ".join(sources) + ".", ""]
+        lines += ["Paper columns: " + "; ".join(s.rstrip(".") for s in sources) + ".", ""]  # a source may end its own sentence
     carried = sum(1 for r in rows if r.get("carried"))
     if carried:
         lines += [f"{carried} of the finished cells have no run folder here: their rows are kept from the previous "
