@@ -202,7 +202,7 @@ EXTRA_COLOURS = ["#1a237e", "#7b1e1e", "#00897b", "#556b2f", "#c2185b", "#c49a00
 
 
 def line_styles(others: list, cycle: list) -> dict:
-    """A (colour, marker) per label: BET black (thicker, drawn by the caller), every other label its own colour
+    """A (colour, marker) per label: BET black (thicker, drawn under the others by the caller), every other label its own colour
     from the style's cycle, then from EXTRA_COLOURS; past those, colours repeat with another marker."""
     import matplotlib
 
@@ -250,14 +250,14 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
             ax = axes[r][c]
             for label in labels:
                 color, marker = styles[label]
-                is_bet = label == "bet"  # the default BET: black, thicker, on top
+                is_bet = label == "bet"  # the default BET: black and thicker, drawn under the others so a baseline level with it stays visible
                 xs = [s for s in sparsities if (label, s) in groups and groups[label, s]["stats"][metric][0] is not None]
                 if xs:
                     means = [groups[label, s]["stats"][metric][0] for s in xs]
                     stds = [groups[label, s]["stats"][metric][1] or 0.0 for s in xs]
                     n = seed_count([len(groups[label, s]["rows"]) for s in xs])
                     ax.errorbar(xs, means, yerr=stds, marker=marker, capsize=3, color=color,
-                                linewidth=2.5 if is_bet else 1.5, zorder=3 if is_bet else 2,
+                                linewidth=4 if is_bet else 1.5, zorder=1.5 if is_bet else 2,
                                 label=f"{label} (n={n})")
                 ref = paper.get(model, {}).get(label, {})
                 px = sorted(s for s in ref if metric in ref[s])
