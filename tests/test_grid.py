@@ -403,6 +403,9 @@ def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path
     one = next(r for r in rows if r["method"] == "bet@1")
     assert one["test_recall@20"] == 0.25 and one["selected_from"] == 1 and one["realized_sparsity"] == 0.91
     assert ("LightGCN", "bet-halving@1", 0.9) not in expected
+    # two cells, both finished: the @1 row is a second row of the bet cell, not a cell of its own
+    from recbole_bet.grid.rows import n_asked, n_finished
+    assert (n_finished(rows), n_asked(expected)) == (2, 2)
     # the chosen model's sizes and the probe correlation stay in the CSV (run folders are not committed); the @1
     # row has neither (the report describes the chosen action), nor has halving a correlation (unequal rounds)
     bet = next(r for r in rows if r["method"] == "bet")

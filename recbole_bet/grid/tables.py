@@ -10,7 +10,7 @@ from pathlib import Path
 
 from recbole_bet.grid.cells import shown
 from recbole_bet.grid.load import METRICS, SHORT, Grid, grids_dir
-from recbole_bet.grid.rows import CSV_COLUMNS, collect, merge_set, n_asked, previous_rows
+from recbole_bet.grid.rows import CSV_COLUMNS, collect, merge_set, n_asked, n_finished, previous_rows
 from recbole_bet.grid.stats import plotted_labels, significance, summarize, variants_against_bet, wins_ties_losses
 
 
@@ -182,8 +182,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
     if carried:
         lines += [f"{carried} of the finished cells have no run folder here: their rows are kept from the previous "
                   f"`{dataset}.csv` (delete a row there to drop it).", ""]
-    missing = n_asked(expected) - len(rows)
-    lines += [f"{len(rows)} of {n_asked(expected)} cells finished" + (f"; {missing} missing or failed." if missing
+    missing = n_asked(expected) - n_finished(rows)
+    lines += [f"{n_finished(rows)} of {n_asked(expected)} cells finished" + (f"; {missing} missing or failed." if missing
                                                                            else "."), ""]
     path.write_text("\n".join(lines))
 
@@ -297,6 +297,6 @@ def build_tables(grid: Grid, command: str) -> list:
         written += [base.with_suffix(".csv"), base.with_suffix(".md")]
         if write_plot(base.with_suffix(".png"), dataset, grids, rows, expected):
             written.append(base.with_suffix(".png"))
-        print(f"tables for {dataset}: {len(rows)} of {n_asked(expected)} cells finished -> "
+        print(f"tables for {dataset}: {n_finished(rows)} of {n_asked(expected)} cells finished -> "
               f"{', '.join(shown(p) for p in written if p.stem == dataset)}")
     return written
