@@ -7,8 +7,9 @@ action) or the probe's (it ranked a better action lower)?
 Each action is probed exactly as a BET run probes its candidates (``methods.bet.method.Probe``: finetuning from
 the seed's cached pretrained weights with the action's sizes, fitness = validation quality relative to the
 pretrained model's) once per probe seed ``t`` (the search's iteration seed), so every action meets the same
-finetuning draws. Actions: ``es`` (equal sizes), ``es-users`` / ``es-items`` (one size per side, the whole budget to users / items) and any run
-folder holding a ``table.npz`` (its chosen sizes; a BET run's report adds the best fitness its search found).
+finetuning draws. Actions: ``es`` (equal sizes), ``es-users`` / ``es-items`` (one size per side, the whole budget
+to users / items) and any run folder holding a ``table.npz`` (its chosen sizes; a BET run's report adds the best
+fitness its search found).
 Validation data only. Appends to ``<out>.json`` (replacing an entry of the same model, dataset, sparsity, seed
 and action) and rewrites ``<out>.md``. Progress goes to stderr.
 """

@@ -168,10 +168,10 @@ def probe_spearman(retrained) -> float | None:
 
 
 def n_asked(expected: dict) -> int:
-    """Cells the grids ask for; a ``@1`` group is a second row of BET's cells, not a cell of its own."""
+    """Cells the grids ask for; a ``@1`` label is a second row of BET's cells, not a cell of its own."""
     return sum(g["n"] for (_, label, _), g in expected.items() if not label.endswith("@1"))
 
 
 def n_finished(rows: list) -> int:
-    """Finished cells: rows less the ``@1`` rows derived from BET's."""
-    return sum(1 for r in rows if not str(r.get("output_dir", "")).endswith("#@1"))
+    """Finished cells: rows less the ``@1`` rows derived from BET's (the same rule as ``n_asked``)."""
+    return sum(1 for r in rows if not r["method"].endswith("@1"))

@@ -177,14 +177,15 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
                 lines.append(f"| {e['label']} | {e['sparsity']:g} | {e['n']} | " + " | ".join(numbers) + " |")
             lines.append("")
     if sources:
-        lines += ["Paper columns: " + "; ".join(s.rstrip(".") for s in sources) + ".", ""]  # a source may end its own sentence
+        # a source may end its own sentence
+        lines += ["Paper columns: " + "; ".join(s.rstrip(".") for s in sources) + ".", ""]
     carried = sum(1 for r in rows if r.get("carried"))
     if carried:
         lines += [f"{carried} of the finished cells have no run folder here: their rows are kept from the previous "
                   f"`{dataset}.csv` (delete a row there to drop it).", ""]
-    missing = n_asked(expected) - n_finished(rows)
-    lines += [f"{n_finished(rows)} of {n_asked(expected)} cells finished" + (f"; {missing} missing or failed." if missing
-                                                                           else "."), ""]
+    finished, asked = n_finished(rows), n_asked(expected)
+    lines += [f"{finished} of {asked} cells finished"
+              + (f"; {asked - finished} missing or failed." if asked > finished else "."), ""]
     path.write_text("\n".join(lines))
 
 
@@ -202,8 +203,8 @@ EXTRA_COLOURS = ["#1a237e", "#7b1e1e", "#00897b", "#556b2f", "#c2185b", "#c49a00
 
 
 def line_styles(others: list, cycle: list) -> dict:
-    """A (colour, marker) per label: BET black (thicker, drawn under the others by the caller), every other label its own colour
-    from the style's cycle, then from EXTRA_COLOURS; past those, colours repeat with another marker."""
+    """A (colour, marker) per label: BET black (thicker, drawn under the others by the caller), every other label
+    its own colour from the style's cycle, then from EXTRA_COLOURS; past those, colours repeat with another marker."""
     import matplotlib
 
     # black is BET's: keep it out of the others' colours should a user's matplotlib style cycle through it
@@ -250,7 +251,8 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
             ax = axes[r][c]
             for label in labels:
                 color, marker = styles[label]
-                is_bet = label == "bet"  # the default BET: black and thicker, drawn under the others so a baseline level with it stays visible
+                # the default BET: black and thicker, drawn under the others so a baseline level with it stays visible
+                is_bet = label == "bet"
                 xs = [s for s in sparsities if (label, s) in groups and groups[label, s]["stats"][metric][0] is not None]
                 if xs:
                     means = [groups[label, s]["stats"][metric][0] for s in xs]
