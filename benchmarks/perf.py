@@ -46,14 +46,14 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def make_ctx(model: str, dataset: str, device: str, **extra):
+def make_ctx(model: str, dataset: str, device: str, config_files=None, **extra):
     from recbole_bet.config import make_config
     from recbole_bet.pipeline import prepare
 
     saved, sys.argv = sys.argv, sys.argv[:1]
     try:
         cfg = {"method": "es", "show_progress": False, "use_gpu": device != "cpu", "state": "WARNING", **extra}
-        config = make_config(model, dataset, config_dict=cfg)
+        config = make_config(model, dataset, config_file_list=config_files, config_dict=cfg)
     finally:
         sys.argv = saved
     return prepare(config)

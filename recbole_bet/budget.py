@@ -386,6 +386,20 @@ def size_summary(budget: Budget, sizes, pair_users=None, pair_items=None, keep=N
     return out
 
 
+def keep_top_entries_per_row(scores: np.ndarray, sizes) -> np.ndarray:
+    """Element mask (n_entities x d_max, bool): row i keeps its ``sizes[i]`` highest-scoring entries (ties to
+    the lower column), so the mask keeps exactly the units of ``sizes``, in the columns that score best."""
+    scores = np.asarray(scores, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n, width = scores.shape
+    if sizes.shape != (n,) or sizes.min(initial=0) < 0 or sizes.max(initial=0) > width:
+        raise ValueError(f"expected {n} sizes in [0, {width}], got shape {sizes.shape}")
+    order = np.argsort(-scores, axis=1, kind="stable")
+    keep = np.zeros((n, width), dtype=bool)
+    np.put_along_axis(keep, order, np.arange(width)[None, :] < sizes[:, None], axis=1)
+    return keep
+
+
 def keep_top_entries(scores: np.ndarray, budget: Budget, min_per_row: int | None = None) -> np.ndarray:
     """Element mask (n_entities x d_max, bool) keeping the highest-scoring entries within the budget.
 

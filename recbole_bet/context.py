@@ -93,7 +93,7 @@ def context_from(config, model, train_data, valid_data, test_data=None, dataset=
     tables = find_tables(model, train_dataset.user_num, train_dataset.item_num)
     masked = MaskedTables(model, tables, config["d_max"])
     if config["memory_budget"] is not None:
-        element_masks = get_method_class(config["method"]).element_masks  # kept values also store their column
+        element_masks = get_method_class(config["method"]).uses_element_masks(config)  # values store their column
         overhead = artifact_overhead_bytes(model, masked, artifact_meta(config, None), element_masks)
         budget = make_memory_budget(config["memory_budget"], overhead, config["d_max"], config["d_min"],
                                     masked.n_users, masked.n_items, tables_per_entity(tables), element_masks)

@@ -354,3 +354,9 @@ def per_entity(masked, per_table: dict) -> np.ndarray:
         arrays = [per_table[t.name][1:] for t in masked.tables if t.entity == entity]
         parts.append(np.mean(arrays, axis=0))
     return np.concatenate(parts)
+
+
+def magnitudes(masked, state: dict) -> np.ndarray:
+    """|w| of every entry of the user/item tables in ``state`` (n_entities x d_max; an entity's tables, NeuMF's
+    two, averaged as for SSEDS's saliency)."""
+    return per_entity(masked, {t.name: np.abs(state[f"{t.name}.weight"].cpu().numpy()) for t in masked.tables})

@@ -96,3 +96,32 @@ def test_probe_correlation_groups_cells_and_ranks_fitness_against_retrained_qual
         "| ml-100k | LightGCN | bet | 985 | 520 | 2 | +0.000 | 0.0400 | 0.9/s2020: +1.00, 0.9/s2021: -1.00 |",
         "| ml-100k | LightGCN | bet-b10000 | 10000 | 520 | 1 | +0.900 | 0.0400 | 0.9/s2020: +0.90 |",
     ]
+
+
+def test_probe_actions_probes_then_retrains_with_first_or_largest_columns(tmp_path):
+    """One action probed, then retrained twice: with its first columns and with each row's largest pretrained
+    entries; a retraining alone keeps the action's earlier probe, and both commands are listed."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"pretrain_cache_dir: {tmp_path / 'pretrain'}\ncheckpoint_dir: {tmp_path / 'ckpt'}\n")
+    out = tmp_path / "probe"
+    base = [sys.executable, "benchmarks/probe_actions.py", "--model=LightGCN", "--dataset=ml-100k", "--sparsity=0.9",
+            "--seed=2020", "--actions=es-users", f"--config_files=quick {extra}", f"--out={out}"]
+    for more in (["--probe-seeds=0"], ["--probe-seeds=", "--retrain"],
+                 ["--probe-seeds=", "--retrain", "--columns=magnitude"]):
+        proc = subprocess.run(base + more, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = {e["action"]: e for e in json.loads((tmp_path / "probe.json").read_text())}
+    assert set(entries) == {"es-users", "es-users+magnitude"}
+    first, largest = entries["es-users"], entries["es-users+magnitude"]
+    assert first["probe_seeds"] == [0] and len(first["fitness"]) == 1 and first["fitness"][0] > 0
+    assert first["retrained"]["columns"] == "prefix" and largest["retrained"]["columns"] == "magnitude"
+    assert largest["fitness"] == [] and largest["kept_units"] == first["kept_units"]
+    for e in (first, largest):
+        assert 0 < e["retrained"]["valid"]["ndcg@20"] < 1 and 0 < e["retrained"]["test"]["recall@20"] < 1
+    assert len(first["commands"]) == 2  # the probe's and the retraining's
+    table = (tmp_path / "probe.md").read_text()
+    assert "| es-users+magnitude |" in table and "--columns=magnitude" in table
+    # an unsupported combination is refused with one line, not trained
+    proc = subprocess.run(base + ["--probe-seeds=0", "--retrain", "--columns=magnitude"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "--columns=magnitude retrains warm only" in proc.stderr

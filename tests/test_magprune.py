@@ -44,7 +44,7 @@ def test_feasible_minimums_respect_d_min_and_the_budget():
 
 @pytest.mark.parametrize("retrain", [False, True])
 def test_magprune_keeps_the_largest_pretrained_entries(tmp_path, retrain):
-    from recbole_bet.methods.magprune import magnitudes
+    from recbole_bet.masking import magnitudes
     from recbole_bet.pretrain import pretrained
 
     out, cache = tmp_path / "run", tmp_path / "pretrain"

@@ -217,6 +217,12 @@ def test_successive_halving_trains_the_better_half_on_and_equals_top_k_when_roun
     labels = [t["label"] for t in ctx.trainings[-3:]]
     assert labels == [f"halving, action {k}" for k in (1, 2, 3)]
     assert ctx.trainings[-3]["columns"] == 16  # equal sizes (12-13) train on 16 columns (trim_columns)
+    # element masks (bet_retrain_columns: magnitude passes them): a mask of each row's first columns is the prefix
+    as_masks, masks_chosen, (_, _, _) = retrain_halving(
+        top, ctx, ctx.init_state, first_epochs=4, keep_of=lambda s: np.arange(128)[None, :] < s[:, None])
+    for a, b in zip(as_masks, long):
+        assert a["valid"] == pytest.approx(b["valid"], abs=1e-4)
+    assert masks_chosen == long_chosen
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 from torch.nn.utils import parametrize
 
 from conftest import make_context
-from recbole_bet.budget import Budget, budget_params, keep_top_columns, keep_top_entries
+from recbole_bet.budget import (Budget, budget_params, keep_top_columns, keep_top_entries,
+                                keep_top_entries_per_row)
 from recbole_bet.export import load_artifact, read_artifact
 from recbole_bet.methods.pep import SoftThreshold
 from recbole_bet.methods.sseds import saliency_gradients
@@ -43,6 +44,23 @@ def test_keep_top_entries_fills_the_budget_with_the_best_entries(n_users, n_item
     dropped = scores[~keep]
     if free_kept.size and dropped.size:
         assert free_kept.min() >= dropped.max()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 20), width=st.integers(1, 16), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_keep_top_entries_per_row_keeps_each_rows_size_in_its_best_columns(n, width, seed, ties):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 3, size=(n, width)) if ties else rng.normal(size=(n, width))
+    sizes = rng.integers(0, width + 1, size=n)
+    keep = keep_top_entries_per_row(scores, sizes)
+    assert (keep.sum(axis=1) == sizes).all()
+    for row, k, s in zip(keep, sizes, scores):
+        if 0 < k < width:
+            assert s[row].min() >= s[~row].max()
+            # ties go to the lower column: the kept columns are the first k of a stable descending order
+            assert set(np.flatnonzero(row)) == set(np.argsort(-s, kind="stable")[:k])
+    with pytest.raises(ValueError):
+        keep_top_entries_per_row(scores, np.full(n, width + 1))
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,3 +195,33 @@ def test_pep_meets_a_memory_budget_with_its_index(tmp_path):
     # 5 bytes per kept parameter (value + column): a prefix method fits more parameters in the same bytes
     assert report["kept_params"] < (200_000 - 16_000) // 4
     assert report["search"]["threshold_granularity"] == "dimension"
+
+
+def test_bet_largest_entries_retraining_keeps_each_rows_largest_pretrained_entries(tmp_path):
+    """bet_retrain_columns=magnitude: the chosen action's rows keep their largest pretrained entries (an element
+    mask of its sizes), stored with their columns, within a memory budget that counts them, and the artifact
+    reproduces the reported metrics."""
+    from conftest import QUICK, run_cli
+    from recbole_bet.masking import magnitudes
+
+    out = tmp_path / "bet-magnitude"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", "--method=bet", f"--config_files={QUICK}", "--epochs=1",
+                   "--bet_retrain_columns=magnitude", "--memory_budget=200KB", f"--output_dir={out}",
+                   f"--pretrain_cache_dir={tmp_path / 'pretrain'}", f"--checkpoint_dir={tmp_path / 'ckpt'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["retrain_columns"] == "magnitude"
+    assert report["artifact_bytes"] <= report["memory_budget"] == 200_000
+    assert report["kept_params"] < (200_000 - 16_000) // 4  # 5 bytes a kept parameter, as for PEP
+
+    ctx = make_context("LightGCN", tmp_path, method="bet", epochs=1)
+    load_artifact(str(out / "table.npz"), ctx.model, ctx.masked, "LightGCN", "ml-100k")
+    keep = ctx.masked.keep
+    sizes = keep.sum(axis=1)
+    assert ctx.budget.kept_params(sizes) == report["kept_params"]
+    (cache,) = (tmp_path / "pretrain").glob("*.pt")
+    pre_state = torch.load(cache, map_location="cpu", weights_only=True)["state"]
+    assert np.array_equal(keep, keep_top_entries_per_row(magnitudes(ctx.masked, pre_state), sizes))
+    assert not np.array_equal(keep, np.arange(128)[None, :] < sizes[:, None])  # not the first columns
+    assert pick(ctx.evaluate(ctx.valid_data)) == report["valid"]
+    assert pick(ctx.evaluate(ctx.test_data)) == report["test"]

@@ -33,6 +33,11 @@ class Method(ABC):
     element_masks = False  # True: rows keep any entries (Selection.keep), exported with a column index
     resumable = False  # True: checkpoints its progress at ctx.checkpoint_path and can continue from it
 
+    @classmethod
+    def uses_element_masks(cls, config) -> bool:
+        """Whether this run's rows keep any entries (its artifact stores their columns), not a prefix."""
+        return cls.element_masks
+
     def plot_search(self, path: str, search: dict | None, title: str, budget) -> bool:
         """Write a picture of this method's trajectory (``search.png``) from its report's ``search``; False if
         it has none worth a picture (the default)."""

@@ -11,11 +11,9 @@ from __future__ import annotations
 from logging import getLogger
 from time import perf_counter
 
-import numpy as np
-
 from recbole_bet.budget import feasible_row_minimums, keep_top_entries
 from recbole_bet.errors import BadInput
-from recbole_bet.masking import per_entity, plain_state_dict
+from recbole_bet.masking import magnitudes, plain_state_dict
 from recbole_bet.methods.base import Method, Selection, kept_summary
 from recbole_bet.pretrain import pretrained
 
@@ -23,12 +21,6 @@ from recbole_bet.pretrain import pretrained
 def candidate_minimums(config) -> list:
     value = config["magprune_min_per_row"]
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def magnitudes(masked, state: dict) -> np.ndarray:
-    """|w| of every entry of the user/item tables in ``state`` (n_entities x d_max; an entity's tables, NeuMF's
-    two, averaged as for SSEDS's saliency)."""
-    return per_entity(masked, {t.name: np.abs(state[f"{t.name}.weight"].cpu().numpy()) for t in masked.tables})
 
 
 class MagnitudePruning(Method):

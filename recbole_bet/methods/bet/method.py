@@ -8,7 +8,7 @@ from time import perf_counter
 import numpy as np
 import torch
 
-from recbole_bet.budget import one_size_per_side
+from recbole_bet.budget import keep_top_entries_per_row, one_size_per_side
 from recbole_bet.config import anchor_names, pretrain_key_items
 from recbole_bet.methods.base import Method, Selection
 from recbole_bet.methods.bet import checkpoint
@@ -17,14 +17,15 @@ from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
 from recbole_bet.methods.bet.sampler import ActionSampler
 from recbole_bet.plots import plot_bet_search
 from recbole_bet.pretrain import pretrained
-from recbole_bet.masking import plain_state_dict
+from recbole_bet.masking import magnitudes, plain_state_dict
 from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTraining, Finetuner, pick, quality,
                                   train_loader_with_batch_size, validation_subset)
 
 
 # keys added after checkpoints were written: left out of a run's identity while at these values (their
 # defaults, the behaviour before the key existed), so that those checkpoints still resume
-LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": []}
+LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": [],
+                       "bet_retrain_columns": "prefix"}
 
 
 def run_identity(config) -> dict:
@@ -44,6 +45,10 @@ def run_identity(config) -> dict:
 class BET(Method):
     name = "bet"
     resumable = True
+
+    @classmethod
+    def uses_element_masks(cls, config) -> bool:
+        return config["bet_retrain_columns"] == "magnitude"
 
     def plot_search(self, path, search, title, budget) -> bool:
         return bool(search) and plot_bet_search(path, search, title)
@@ -97,9 +102,10 @@ class BET(Method):
         k = config["bet_retrain_top_k"]
         top = state.top_both_sides(k, ctx.budget.n_users) if config["bet_retrain_pick"] == "both_sides" \
             else state.top(k)
+        keep_of = retrain_keep(ctx, pre_state)
         if config["bet_retrain_schedule"] == "halving":  # restarts from its first round after an interruption
             retrained, chosen, (sizes, weights, valid) = retrain_halving(
-                top, ctx, retrain_start(ctx, pre_state), config["bet_halving_epochs"], evaluate_test)
+                top, ctx, retrain_start(ctx, pre_state), config["bet_halving_epochs"], evaluate_test, keep_of)
         else:
             retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
                 top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
@@ -125,10 +131,12 @@ class BET(Method):
             "sampler": config["bet_sampler"], "distribution_draw": config["bet_distribution_draw"],
             "sides": config["bet_sides"], "probe_seed": config["bet_probe_seed"],
             "retrain_init": config["bet_retrain_init"], "retrain_schedule": config["bet_retrain_schedule"],
-            "retrain_pick": config["bet_retrain_pick"], "anchors": anchor_names(config),
+            "retrain_pick": config["bet_retrain_pick"], "retrain_columns": config["bet_retrain_columns"],
+            "anchors": anchor_names(config),
         }
         return Selection(sizes, weights, valid, search,
-                         {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")})
+                         {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")},
+                         keep=None if keep_of is None else keep_of(sizes))
 
 
 class Probe:
@@ -222,11 +230,24 @@ def retrain_start(ctx, pre_state) -> dict:
     return pre_state if ctx.config["bet_retrain_init"] == "pretrained" else ctx.init_state
 
 
+def retrain_keep(ctx, pre_state):
+    """Which entries of a row a retraining keeps (``bet_retrain_columns``): None for its first ``size`` columns
+    (``prefix``, the paper's layout), else (sizes) -> the element mask of each row's ``size`` largest-magnitude
+    pretrained entries (``magnitude``, what magprune keeps: a warm start keeps what the pretraining made large)."""
+    if ctx.config["bet_retrain_columns"] != "magnitude":
+        return None
+    scores = magnitudes(ctx.masked, pre_state)
+    return lambda sizes: keep_top_entries_per_row(scores, sizes)
+
+
 def retrainer(ctx, pre_state):
     """One retraining to convergence from ``retrain_start``: (sizes) -> (weights, validation, seconds)."""
-    if ctx.config["bet_retrain_init"] == "pretrained":
-        return lambda sizes: ctx.train_from(retrain_start(ctx, pre_state), sizes, label="from pretrained")
-    return ctx.train_from_scratch
+    if ctx.config["bet_retrain_init"] != "pretrained":
+        return ctx.train_from_scratch
+    keep_of = retrain_keep(ctx, pre_state)
+    if keep_of is None:
+        return lambda sizes: ctx.train_from(pre_state, sizes, label="from pretrained")
+    return lambda sizes: ctx.train_from(pre_state, keep=keep_of(sizes), label="from pretrained, largest entries")
 
 
 def retrained_entry(member, valid: dict) -> dict:
@@ -264,17 +285,19 @@ def retrain_and_choose(top: list, train_from_scratch, done=None, on_retrained=No
     return report_entries, best_rank, (top[best_rank].sizes, best_weights, best["valid"])
 
 
-def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evaluate_test=None):
+def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evaluate_test=None, keep_of=None):
     """Successive halving over the top actions: every action trains ``first_epochs`` epochs, the better half
     (by validation quality, as the final choice) trains on to twice as many in all, and so on; the last one left
     trains to convergence. Each action's training is one continued training (its optimiser and convergence
     test carry over between its parts), from ``start_state`` with its sizes, reseeded as ``retrain_and_choose``
     reseeds each training, so the first part of every action is the first epochs of its full retraining.
-    Returns what ``retrain_and_choose`` returns; each entry adds ``epochs`` and the ``round`` it stopped in."""
+    ``keep_of`` (``retrain_keep``) turns sizes into element masks. Returns what ``retrain_and_choose`` returns;
+    each entry adds ``epochs`` and the ``round`` it stopped in."""
     logger, config, trimmer = getLogger(), ctx.config, ctx.trimmer
+    keeps = [None if keep_of is None else keep_of(member.sizes) for member in top]
     # with trim_columns (LightGCN) each action trains on a model as wide as its kept columns (trimming.py),
     # built here, before any reseeding
-    columns = [trimmer.columns(member.sizes) for member in top]
+    columns = [trimmer.columns(member.sizes, keep) for member, keep in zip(top, keeps)]
     trainings = [ContinuedTraining(config, ctx.model if c is None else trimmer.narrow(len(c)).model,
                                    ctx.train_data, ctx.valid_data) for c in columns]
 
@@ -288,7 +311,7 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         for rank in alive:
             # the first part starts as a full retraining starts; a later part gets its own seed
             seed = None if round_no == 0 else config["seed"] + 7919 * round_no + rank
-            target, _ = trimmer.place(weights[rank], top[rank].sizes, reseed=lambda: ctx.reseed(seed))
+            target, _ = trimmer.place(weights[rank], top[rank].sizes, keeps[rank], reseed=lambda: ctx.reseed(seed))
             trainings[rank].advance(trainings[rank].cap if last else until)
             weights[rank] = full_layout(rank, plain_state_dict(target.model))
             rounds[rank] = round_no
@@ -304,7 +327,7 @@ def retrain_halving(top: list, ctx, start_state: dict, first_epochs: int, evalua
         entries.append(dict(retrained_entry(member, training.best_valid), epochs=training.epochs,
                             round=rounds[rank]))
         if evaluate_test is not None:  # reported only; the choice is on validation
-            ctx.masked.load(full_layout(rank, training.trainer.best_state), member.sizes)
+            ctx.masked.load(full_layout(rank, training.trainer.best_state), member.sizes, keeps[rank])
             entries[-1]["test"] = pick(evaluate_test())
         ctx.trainings.append(training.record(f"halving, action {rank + 1}"))
         if columns[rank] is not None:
