@@ -416,6 +416,30 @@ def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path
     assert next(r for r in rows if r["method"] == "bet-halving")["probe_spearman"] is None
 
 
+def test_a_columns_choice_counts_as_one_more_training_the_model_was_chosen_from(tmp_path):
+    """bet_retrain_columns: choose retrains the chosen action once more (its largest entries): the final model is
+    chosen among top-k + 1 trainings; bet@1 stays the fittest action's one training."""
+    from recbole_bet.grid.rows import collect
+
+    spec = {"name": "fake", "datasets": ["toy"], "models": ["LightGCN"], "sparsities": [0.9], "seeds": [1],
+            "methods": [{"label": "bet-choose", "method": "bet", "config": {"bet_retrain_columns": "choose"}}],
+            "output_root": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    (cell,) = grid_cells(load_grid(path))
+    _fake_report(cell, 0.3, 0.3)
+    report = json.loads(cell.report_path.read_text())
+    first = {"kept_params": 90, "valid": {"ndcg@20": 0.2}, "test": {"recall@20": 0.25}}
+    report.update(full_params=1000, search={
+        "retrained": [dict(first, fitness=f, valid_quality=0.3) for f in (3, 2)], "retrain_schedule": "top_k",
+        "columns_choice": {"kept": "magnitude", "prefix_valid_quality": 0.3,
+                           "magnitude": {"valid": {"ndcg@20": 0.31}, "valid_quality": 0.31}}})
+    cell.report_path.write_text(json.dumps(report))
+    rows, _ = collect([load_grid(path)], "toy")
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["bet-choose"]["selected_from"] == 3 and by_method["bet-choose@1"]["selected_from"] == 1
+
+
 def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):
     """recbole_bet.files.exclusive_lock, which recbole_bet.pretrain holds while it trains: cells of a grid that
     share a pretraining wait for the first instead of training it again (tests/test_grid_ray.py runs two)."""

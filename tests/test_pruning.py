@@ -225,3 +225,35 @@ def test_bet_largest_entries_retraining_keeps_each_rows_largest_pretrained_entri
     assert not np.array_equal(keep, np.arange(128)[None, :] < sizes[:, None])  # not the first columns
     assert pick(ctx.evaluate(ctx.valid_data)) == report["valid"]
     assert pick(ctx.evaluate(ctx.test_data)) == report["test"]
+
+
+def test_bet_choose_keeps_the_better_columns_of_the_chosen_action_on_validation(tmp_path):
+    """bet_retrain_columns=choose: the top actions retrain with their first columns, the chosen one once more with
+    its largest pretrained entries, and the model with the higher validation quality is the run's (exported with
+    a column index only if it keeps the largest entries)."""
+    from conftest import QUICK, run_cli
+
+    out = tmp_path / "bet-choose"
+    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", "--method=bet", f"--config_files={QUICK}", "--epochs=1",
+                   "--bet_retrain_columns=choose", f"--output_dir={out}",
+                   f"--pretrain_cache_dir={tmp_path / 'pretrain'}", f"--checkpoint_dir={tmp_path / 'ckpt'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    search = report["search"]
+    choice = search["columns_choice"]
+    prefix_quality = search["retrained"][search["chosen"]]["valid_quality"]
+    assert choice["prefix_valid_quality"] == prefix_quality
+    larger = choice["magnitude"]["valid_quality"] > prefix_quality
+    assert choice["kept"] == ("magnitude" if larger else "prefix")
+    kept = choice["magnitude"] if larger else search["retrained"][search["chosen"]]
+    assert report["valid"] == kept["valid"]
+    assert set(choice["magnitude"]["test"]) >= {"recall@20", "ndcg@20"}
+    assert [t["label"] for t in report["trainings"]][-1] == "from pretrained, largest entries"
+
+    ctx = make_context("LightGCN", tmp_path, method="bet", epochs=1)
+    load_artifact(str(out / "table.npz"), ctx.model, ctx.masked, "LightGCN", "ml-100k")
+    assert (ctx.masked.keep is not None) == larger
+    _, arrays = read_artifact(str(out / "table.npz"))
+    assert any(k.endswith(".index") for k in arrays) == larger
+    assert pick(ctx.evaluate(ctx.valid_data)) == report["valid"]
+    assert pick(ctx.evaluate(ctx.test_data)) == report["test"]

@@ -121,8 +121,10 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         row["resumed"] = info.get("resumed")
         row["output_dir"] = cell.dir_arg
         retrained = (report.get("search") or {}).get("retrained") if cell.spec.method == "bet" else None
-        # the final model was chosen (on validation) among this many trainings: BET's top-k, one elsewhere
-        row["selected_from"] = len(retrained) if retrained else 1
+        # the final model was chosen (on validation) among this many trainings: BET's top-k (and, with
+        # bet_retrain_columns: choose, the chosen action's retraining with its largest entries), one elsewhere
+        extra = 1 if (report.get("search") or {}).get("columns_choice") else 0
+        row["selected_from"] = len(retrained) + extra if retrained else 1
         trainings = report.get("trainings") or []
         row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
         row["max_epochs"] = max((t.get("epochs") or 0 for t in trainings), default=None) if trainings else None

@@ -48,7 +48,8 @@ class BET(Method):
 
     @classmethod
     def uses_element_masks(cls, config) -> bool:
-        return config["bet_retrain_columns"] == "magnitude"
+        # choose: its model may keep any entries, so a memory budget counts their columns either way
+        return config["bet_retrain_columns"] in ("magnitude", "choose")
 
     def plot_search(self, path, search, title, budget) -> bool:
         return bool(search) and plot_bet_search(path, search, title)
@@ -109,6 +110,10 @@ class BET(Method):
         else:
             retrained, chosen, (sizes, weights, valid) = retrain_and_choose(
                 top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
+        keep = None if keep_of is None else keep_of(sizes)
+        columns_choice = None
+        if config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained":
+            weights, valid, keep, columns_choice = choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test)
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         # where each action put its budget: on LightGCN the fittest actions give one side nearly everything
         n_users = ctx.budget.n_users
@@ -134,9 +139,10 @@ class BET(Method):
             "retrain_pick": config["bet_retrain_pick"], "retrain_columns": config["bet_retrain_columns"],
             "anchors": anchor_names(config),
         }
+        if columns_choice is not None:
+            search["columns_choice"] = columns_choice
         return Selection(sizes, weights, valid, search,
-                         {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")},
-                         keep=None if keep_of is None else keep_of(sizes))
+                         {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")}, keep=keep)
 
 
 class Probe:
@@ -232,12 +238,30 @@ def retrain_start(ctx, pre_state) -> dict:
 
 def retrain_keep(ctx, pre_state):
     """Which entries of a row a retraining keeps (``bet_retrain_columns``): None for its first ``size`` columns
-    (``prefix``, the paper's layout), else (sizes) -> the element mask of each row's ``size`` largest-magnitude
-    pretrained entries (``magnitude``, what magprune keeps: a warm start keeps what the pretraining made large)."""
+    (``prefix``, the paper's layout; ``choose`` retrains its top actions so too, then ``choose_columns``), else
+    (sizes) -> the element mask of each row's ``size`` largest-magnitude pretrained entries (``magnitude``, what
+    magprune keeps: a warm start keeps what the pretraining made large)."""
     if ctx.config["bet_retrain_columns"] != "magnitude":
         return None
     scores = magnitudes(ctx.masked, pre_state)
     return lambda sizes: keep_top_entries_per_row(scores, sizes)
+
+
+def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None):
+    """``bet_retrain_columns: choose``: the chosen action (trained with its first columns) once more with each
+    row's largest pretrained entries; the better of the two on validation stays, as among the top actions.
+    Returns (weights, valid, keep or None, the report's ``columns_choice``)."""
+    keep = keep_top_entries_per_row(magnitudes(ctx.masked, pre_state), sizes)
+    getLogger().info("retraining the chosen action with its rows' largest pretrained entries")
+    m_weights, m_valid, _ = ctx.train_from(pre_state, keep=keep, label="from pretrained, largest entries")
+    largest = {"valid": pick(m_valid), "valid_quality": quality(m_valid)}
+    if evaluate_test is not None:  # reported only; the choice is on validation
+        largest["test"] = pick(evaluate_test())
+    kept = "magnitude" if largest["valid_quality"] > quality(valid) else "prefix"
+    choice = {"kept": kept, "prefix_valid_quality": quality(valid), "magnitude": largest}
+    if kept == "magnitude":
+        return m_weights, m_valid, keep, choice
+    return weights, valid, None, choice
 
 
 def retrainer(ctx, pre_state):
