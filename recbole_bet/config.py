@@ -224,9 +224,9 @@ def validate(config) -> None:
                          ("bet_probe_seed", ("per_iteration", "shared"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")
-    if config["bet_retrain_columns"] in ("magnitude", "choose") and config["bet_retrain_init"] != "pretrained":
-        raise BadInput(f"bet_retrain_columns: {config['bet_retrain_columns']} keeps the largest pretrained entries, "
-                       "so it needs bet_retrain_init: pretrained (got scratch, whose columns are all alike); use "
+    if config["bet_retrain_columns"] == "magnitude" and config["bet_retrain_init"] != "pretrained":
+        raise BadInput("bet_retrain_columns: magnitude keeps the largest pretrained entries, so it needs "
+                       "bet_retrain_init: pretrained (got scratch, whose columns are all alike); use "
                        "--bet_retrain_columns=prefix or --bet_retrain_init=pretrained")
     anchors = anchor_names(config)
     unknown = [name for name in anchors if name not in ONE_SIZE_PER_SIDE]

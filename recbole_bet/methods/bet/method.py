@@ -48,8 +48,10 @@ class BET(Method):
 
     @classmethod
     def uses_element_masks(cls, config) -> bool:
-        # choose: its model may keep any entries, so a memory budget counts their columns either way
-        return config["bet_retrain_columns"] in ("magnitude", "choose")
+        # choose: its model may keep any entries, so a memory budget counts their columns either way (from scratch
+        # there is nothing to choose: the columns are all alike)
+        columns = config["bet_retrain_columns"]
+        return columns == "magnitude" or (columns == "choose" and config["bet_retrain_init"] == "pretrained")
 
     def plot_search(self, path, search, title, budget) -> bool:
         return bool(search) and plot_bet_search(path, search, title)
