@@ -73,17 +73,22 @@ def action_sizes(ctx, action: str) -> tuple[np.ndarray, dict]:
 
 def write_md(path: Path, entries: list) -> None:
     commands = list(dict.fromkeys(c for e in entries for c in e.get("commands", [e["command"]])))
-    lines = ["# BET's probe on chosen and baseline actions", "",
+    lines = ["# BET's probe and retraining on chosen and baseline actions", "",
              "Produced by (benchmarks/probe_actions.py; its docstring says what is measured):", "",
              *[f"    {c}" for c in commands], "",
              "*fitness* is the mean probe fitness over the probe seeds (each seed one finetuning from the pretrained "
              "weights); *in search* is what the run's own search gave that action and the best fitness of its whole "
              "search; *valid N@20* is the run's final model (after retraining) where the action comes from a run; "
              "*BET's retraining* is the action trained once as BET retrains (`--retrain`): validation NDCG@20, "
-             "test Recall@20 (reported, never used to choose), epochs.",
+             "test Recall@20 (reported, never used to choose), epochs; *pair-shared width* is the mean over training "
+             "pairs of the columns both rows keep (for a `+magnitude` action, in its element mask).",
              "", "| model | dataset | sparsity | seed | action | user share | pair-shared width | fitness (mean ± std) | "
              "probe seeds | in search (chosen / best) | valid N@20 | BET's retraining: valid N@20 / test R@20 / epochs |",
              "|---|---|--:|--:|---|--:|--:|--:|---|---|--:|---|"]
+    def pair_shared(e):  # entries written before the mask was described have the prefix's value: not shown
+        magnitude = e["action"].endswith("+magnitude")
+        return "–" if magnitude and e.get("columns") != "magnitude" else f"{e['pair_shared_mean']:.1f}"
+
     def fitness_key(e):
         return -e["fitness_mean"] if e.get("fitness_mean") is not None else 0.0
 
@@ -97,7 +102,7 @@ def write_md(path: Path, entries: list) -> None:
         retrained = "–" if r is None else (f"{r['valid']['ndcg@20']:.4f} / {r['test']['recall@20']:.4f} / "
                                            f"{r['epochs']}{'' if r['converged'] else ' (cap)'}")
         lines.append(f"| {e['model']} | {e['dataset']} | {e['sparsity']:g} | {e['seed']} | {e['action']} | "
-                     f"{share} | {e['pair_shared_mean']:.1f} | {fitness} | "
+                     f"{share} | {pair_shared(e)} | {fitness} | "
                      f"{','.join(str(t) for t in e['probe_seeds']) or '–'} | {in_search} | {valid} | {retrained} |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:])
 
     from perf import make_ctx
-    from recbole_bet.methods.bet.method import Probe, retrainer
+    from recbole_bet.methods.bet.method import Probe, retrain_keep, retrainer
     from recbole_bet.pretrain import pretrained
     from recbole_bet.budget import size_summary
     from recbole_bet.training import pick
@@ -162,7 +167,8 @@ def main(argv=None) -> int:
                          "epochs": training.get("epochs"), "converged": training.get("converged")}
             print(f"[probe_actions {time.strftime('%H:%M:%S')}] {action} retrained ({retrained['init']}): valid "
                   f"N@20 {retrained['valid']['ndcg@20']:.4f}, {seconds / 60:.1f} min", file=sys.stderr, flush=True)
-        described = size_summary(ctx.budget, sizes, pair_users, pair_items)
+        keep = retrain_keep(ctx, pre_state)(sizes) if args.columns == "magnitude" else None
+        described = size_summary(ctx.budget, sizes, pair_users, pair_items, keep=keep)
         old = entries.get(entry_key({"model": args.model, "dataset": args.dataset, "sparsity": args.sparsity,
                                      "seed": args.seed, "action": action}), {})
         seeds_used = probe_seeds
@@ -174,7 +180,7 @@ def main(argv=None) -> int:
                  "action": action, "probe_seeds": seeds_used, "fitness": fitness,
                  "fitness_mean": float(np.mean(fitness)) if fitness else None,
                  "fitness_std": float(np.std(fitness, ddof=1)) if len(fitness) > 1 else 0.0,
-                 "retrained": retrained, "pair_shared_mean": described["pair_shared_mean"],
+                 "retrained": retrained, "pair_shared_mean": described["pair_shared_mean"], "columns": args.columns,
                  "user_share": described["user_share"],
                  "kept_units": int(sizes.sum()), "command": command,
                  "commands": list(dict.fromkeys([*old.get("commands", [old["command"]] if old else []), command])),

@@ -116,6 +116,7 @@ def test_probe_actions_probes_then_retrains_with_first_or_largest_columns(tmp_pa
     assert first["probe_seeds"] == [0] and len(first["fitness"]) == 1 and first["fitness"][0] > 0
     assert first["retrained"]["columns"] == "prefix" and largest["retrained"]["columns"] == "magnitude"
     assert largest["fitness"] == [] and largest["kept_units"] == first["kept_units"]
+    assert largest["columns"] == "magnitude" and largest["pair_shared_mean"] != first["pair_shared_mean"]
     for e in (first, largest):
         assert 0 < e["retrained"]["valid"]["ndcg@20"] < 1 and 0 < e["retrained"]["test"]["recall@20"] < 1
     assert len(first["commands"]) == 2  # the probe's and the retraining's
