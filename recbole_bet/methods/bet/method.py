@@ -238,22 +238,25 @@ def retrain_start(ctx, pre_state) -> dict:
     return pre_state if ctx.config["bet_retrain_init"] == "pretrained" else ctx.init_state
 
 
+def largest_entries(ctx, pre_state):
+    """(sizes) -> the element mask of each row's ``size`` largest-magnitude pretrained entries (what magprune
+    keeps: a warm start keeps what the pretraining made large)."""
+    scores = magnitudes(ctx.masked, pre_state)
+    return lambda sizes: keep_top_entries_per_row(scores, sizes)
+
+
 def retrain_keep(ctx, pre_state):
     """Which entries of a row a retraining keeps (``bet_retrain_columns``): None for its first ``size`` columns
     (``prefix``, the paper's layout; ``choose`` retrains its top actions so too, then ``choose_columns``), else
-    (sizes) -> the element mask of each row's ``size`` largest-magnitude pretrained entries (``magnitude``, what
-    magprune keeps: a warm start keeps what the pretraining made large)."""
-    if ctx.config["bet_retrain_columns"] != "magnitude":
-        return None
-    scores = magnitudes(ctx.masked, pre_state)
-    return lambda sizes: keep_top_entries_per_row(scores, sizes)
+    ``largest_entries`` (``magnitude``)."""
+    return largest_entries(ctx, pre_state) if ctx.config["bet_retrain_columns"] == "magnitude" else None
 
 
 def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None):
     """``bet_retrain_columns: choose``: the chosen action (trained with its first columns) once more with each
     row's largest pretrained entries; the better of the two on validation stays, as among the top actions.
     Returns (weights, valid, keep or None, the report's ``columns_choice``)."""
-    keep = keep_top_entries_per_row(magnitudes(ctx.masked, pre_state), sizes)
+    keep = largest_entries(ctx, pre_state)(sizes)
     getLogger().info("retraining the chosen action with its rows' largest pretrained entries")
     m_weights, m_valid, _ = ctx.train_from(pre_state, keep=keep, label="from pretrained, largest entries")
     largest = {"valid": pick(m_valid), "valid_quality": quality(m_valid)}
