@@ -126,3 +126,42 @@ def test_probe_actions_probes_then_retrains_with_first_or_largest_columns(tmp_pa
     proc = subprocess.run(base + ["--probe-seeds=0", "--retrain", "--columns=magnitude"], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "--columns=magnitude retrains warm only" in proc.stderr
+
+
+def test_columns_choice_pairs_each_choose_cell_with_its_first_columns_model(tmp_path):
+    """Per cell both trainings of the chosen action and the one kept; per group the kept model's gain over the
+    first-columns model, paired over seeds; a cell without a choice (the default BET) is not read."""
+    def write(label, seed, prefix, largest, kept, cell="gowalla-u1000"):
+        folder = tmp_path / "runs" / cell / "LightGCN" / label / "0.9" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        final = largest if kept == "magnitude" else prefix
+        search = {"chosen": 0, "retrained": [{"valid": {"ndcg@20": prefix[0]}, "test": {"recall@20": prefix[1]}}]}
+        if kept:
+            search["columns_choice"] = {"kept": kept, "magnitude": {"valid": {"ndcg@20": largest[0]},
+                                                                    "test": {"recall@20": largest[1]}}}
+        report = {"method": "bet", "dataset": cell, "model": "LightGCN", "sparsity": 0.9, "seed": seed,
+                  "valid": {"ndcg@20": final[0]}, "test": {"recall@20": final[1]}, "search": search}
+        (folder / "report.json").write_text(json.dumps(report))
+
+    write("bet-choose", 2020, (0.060, 0.070), (0.070, 0.080), "magnitude")
+    write("bet-choose", 2021, (0.062, 0.068), (0.068, 0.077), "magnitude")
+    write("bet-choose", 2022, (0.064, 0.071), (0.063, 0.075), "prefix")
+    write("bet", 2020, (0.060, 0.070), None, None)  # the default: no choice made, not read
+    out = tmp_path / "choice"
+    proc = subprocess.run([sys.executable, "benchmarks/columns_choice.py", str(tmp_path / "runs"), f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 choose cell(s) read" in proc.stdout
+    table = (tmp_path / "choice.md").read_text()
+    assert "| gowalla-u1000 | LightGCN | bet-choose | 0.9 | 2022 | 0.0640 / 0.0630 | 0.0710 / 0.0750 | prefix |" in table
+    group = next(line for line in table.splitlines() if line.startswith("| gowalla-u1000 | LightGCN | bet-choose | 0.9 | 3 |"))
+    cells = [c.strip() for c in group.strip("|").split("|")]
+    # kept - first columns: valid +0.010, +0.006, 0 (prefix kept); test +0.010, +0.009, 0
+    assert cells[5] == "2/3" and cells[6] == "+0.0053" and cells[8] == "+0.0063"
+    assert float(cells[7]) < 1 and float(cells[9]) < 1
+    # a later run keeps the cells it read before, though their folders are gone
+    import shutil
+    shutil.rmtree(tmp_path / "runs" / "gowalla-u1000" / "LightGCN" / "bet-choose" / "0.9" / "seed2022")
+    subprocess.run([sys.executable, "benchmarks/columns_choice.py", str(tmp_path / "runs"), f"--out={out}"],
+                   cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    assert "| 2022 |" in (tmp_path / "choice.md").read_text()
