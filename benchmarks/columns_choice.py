@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reports import bet_reports
+
 
 def entry_key(e: dict) -> str:
     return f"{e['dataset']}/{e['model']}/{e['label']}/{e['sparsity']:g}/seed{e['seed']}"
@@ -27,24 +29,20 @@ def entry_key(e: dict) -> str:
 
 def cells(roots) -> list:
     out = []
-    for root in roots:
-        for path in sorted(Path(root).rglob("report.json")):
-            report = json.loads(path.read_text())
-            search = report.get("search") or {}
-            choice = search.get("columns_choice")
-            if report.get("method") != "bet" or not choice:
-                continue
-            prefix = search["retrained"][search["chosen"]]
-            largest = choice["magnitude"]
-            label = path.parent.parent.parent.name if path.parent.name.startswith("seed") else report["method"]
-            out.append({"dataset": report["dataset"], "model": report["model"], "label": label,
-                        "sparsity": report["sparsity"], "seed": report["seed"], "kept": choice["kept"],
-                        "prefix": {"valid_ndcg@20": prefix["valid"]["ndcg@20"],
-                                   "test_recall@20": (prefix.get("test") or {}).get("recall@20")},
-                        "largest": {"valid_ndcg@20": largest["valid"]["ndcg@20"],
-                                    "test_recall@20": (largest.get("test") or {}).get("recall@20")},
-                        "final": {"valid_ndcg@20": report["valid"]["ndcg@20"],
-                                  "test_recall@20": report["test"]["recall@20"]}})
+    for path, report, search, label in bet_reports(roots):
+        choice = search.get("columns_choice")
+        if not choice:
+            continue
+        prefix = search["retrained"][search["chosen"]]
+        largest = choice["magnitude"]
+        out.append({"dataset": report["dataset"], "model": report["model"], "label": label,
+                    "sparsity": report["sparsity"], "seed": report["seed"], "kept": choice["kept"],
+                    "prefix": {"valid_ndcg@20": prefix["valid"]["ndcg@20"],
+                               "test_recall@20": (prefix.get("test") or {}).get("recall@20")},
+                    "largest": {"valid_ndcg@20": largest["valid"]["ndcg@20"],
+                                "test_recall@20": (largest.get("test") or {}).get("recall@20")},
+                    "final": {"valid_ndcg@20": report["valid"]["ndcg@20"],
+                              "test_recall@20": report["test"]["recall@20"]}})
     return out
 
 

@@ -15,32 +15,28 @@ correlation) says little. Validation data only; test metrics are not read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from recbole_bet.grid.rows import probe_spearman
+from reports import bet_reports
 
 
 def cells(roots) -> list:
     out = []
-    for root in roots:
-        for path in sorted(Path(root).rglob("report.json")):
-            report = json.loads(path.read_text())
-            search = report.get("search") or {}
-            retrained = search.get("retrained") if report.get("method") == "bet" else None
-            if not retrained:
-                continue
-            quality = [r["valid_quality"] for r in retrained]
-            rho = probe_spearman(retrained)  # the grid CSV's probe_spearman, computed the same way
-            label = path.parent.parent.parent.name if path.parent.name.startswith("seed") else report["method"]
-            out.append({"path": str(path.parent), "dataset": report["dataset"], "model": report["model"],
-                        "label": label, "valid_range": max(quality) - min(quality),
-                        "sparsity": report["sparsity"], "seed": report["seed"],
-                        "batch": search.get("finetune_batch_size", "10000 (before auto)"),
-                        "steps": search.get("finetune_steps_per_probe"), "k": len(retrained), "spearman": rho})
+    for path, report, search, label in bet_reports(roots):
+        retrained = search.get("retrained")
+        if not retrained:
+            continue
+        quality = [r["valid_quality"] for r in retrained]
+        rho = probe_spearman(retrained)  # the grid CSV's probe_spearman, computed the same way
+        out.append({"path": str(path.parent), "dataset": report["dataset"], "model": report["model"],
+                    "label": label, "valid_range": max(quality) - min(quality),
+                    "sparsity": report["sparsity"], "seed": report["seed"],
+                    "batch": search.get("finetune_batch_size", "10000 (before auto)"),
+                    "steps": search.get("finetune_steps_per_probe"), "k": len(retrained), "spearman": rho})
     return out
 
 
