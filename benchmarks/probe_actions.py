@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                              "--retrain, --probe-seeds= empty)")
         ctx.config["bet_retrain_columns"] = "magnitude"  # what BET's retraining then keeps (method.retrain_keep)
         actions = [(f"{a}+magnitude", sizes, facts) for a, sizes, facts in actions]
+    keep_of = retrain_keep(ctx, pre_state)  # the pretrained magnitudes, scored once for every action
+    retrain = retrainer(ctx, pre_state) if args.retrain else None
     for action, sizes, facts in actions:
         if not ctx.budget.fits(sizes):
             raise SystemExit(f"error: {action}'s sizes do not fit the budget at {args.sparsity}")
@@ -160,15 +162,15 @@ def main(argv=None) -> int:
         retrained = None
         if args.retrain:
             n_trainings = len(ctx.trainings)
-            _, valid, seconds = retrainer(ctx, pre_state)(sizes)
+            _, valid, seconds = retrain(sizes)
             training = ctx.trainings[n_trainings] if len(ctx.trainings) > n_trainings else {}
             retrained = {"init": ctx.config["bet_retrain_init"], "columns": args.columns, "valid": pick(valid, METRICS),
                          "test": pick(ctx.evaluate(ctx.test_data), METRICS), "seconds": seconds,
                          "epochs": training.get("epochs"), "converged": training.get("converged")}
             print(f"[probe_actions {time.strftime('%H:%M:%S')}] {action} retrained ({retrained['init']}): valid "
                   f"N@20 {retrained['valid']['ndcg@20']:.4f}, {seconds / 60:.1f} min", file=sys.stderr, flush=True)
-        keep = retrain_keep(ctx, pre_state)(sizes) if args.columns == "magnitude" else None
-        described = size_summary(ctx.budget, sizes, pair_users, pair_items, keep=keep)
+        described = size_summary(ctx.budget, sizes, pair_users, pair_items,
+                                 keep=None if keep_of is None else keep_of(sizes))
         old = entries.get(entry_key({"model": args.model, "dataset": args.dataset, "sparsity": args.sparsity,
                                      "seed": args.seed, "action": action}), {})
         seeds_used = probe_seeds

@@ -120,10 +120,11 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         row["wall_s"] = info.get("wall_s_total", info.get("wall_s"))
         row["resumed"] = info.get("resumed")
         row["output_dir"] = cell.dir_arg
-        retrained = (report.get("search") or {}).get("retrained") if cell.spec.method == "bet" else None
+        search = report.get("search") or {}
+        retrained = search.get("retrained") if cell.spec.method == "bet" else None
         # the final model was chosen (on validation) among this many trainings: BET's top-k (and, with
         # bet_retrain_columns: choose, the chosen action's retraining with its largest entries), one elsewhere
-        extra = 1 if (report.get("search") or {}).get("columns_choice") else 0
+        extra = 1 if search.get("columns_choice") else 0
         row["selected_from"] = len(retrained) + extra if retrained else 1
         trainings = report.get("trainings") or []
         row["all_converged"] = all(t.get("converged", False) for t in trainings) if trainings else None
@@ -136,7 +137,7 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         # bet@1: the fittest action retrained once, at no extra cost. Not under successive halving, whose first
         # action may have been stopped after one short round: its metrics are not a training to convergence
         # (nor are the actions' qualities comparable for the probe correlation).
-        halving = (report.get("search") or {}).get("retrain_schedule") == "halving"
+        halving = search.get("retrain_schedule") == "halving"
         row["probe_spearman"] = None if halving else probe_spearman(retrained)
         rows.append(row)
         if retrained and "test" in retrained[0] and not halving:

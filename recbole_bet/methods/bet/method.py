@@ -48,10 +48,8 @@ class BET(Method):
 
     @classmethod
     def uses_element_masks(cls, config) -> bool:
-        # choose: its model may keep any entries, so a memory budget counts their columns either way (from scratch
-        # there is nothing to choose: the columns are all alike)
-        columns = config["bet_retrain_columns"]
-        return columns == "magnitude" or (columns == "choose" and config["bet_retrain_init"] == "pretrained")
+        # choose: its model may keep any entries, so a memory budget counts their columns either way
+        return config["bet_retrain_columns"] == "magnitude" or chooses_columns(config)
 
     def plot_search(self, path, search, title, budget) -> bool:
         return bool(search) and plot_bet_search(path, search, title)
@@ -114,7 +112,7 @@ class BET(Method):
                 top, retrainer(ctx, pre_state), done, save_retrain, evaluate_test)
         keep = None if keep_of is None else keep_of(sizes)
         columns_choice = None
-        if config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained":
+        if chooses_columns(config):
             weights, valid, keep, columns_choice = choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test)
         timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - save_retrain.since
         # where each action put its budget: on LightGCN the fittest actions give one side nearly everything
@@ -250,6 +248,12 @@ def retrain_keep(ctx, pre_state):
     (``prefix``, the paper's layout; ``choose`` retrains its top actions so too, then ``choose_columns``), else
     ``largest_entries`` (``magnitude``)."""
     return largest_entries(ctx, pre_state) if ctx.config["bet_retrain_columns"] == "magnitude" else None
+
+
+def chooses_columns(config) -> bool:
+    """``bet_retrain_columns: choose`` with a warm retraining (from scratch the columns are all alike: nothing to
+    choose)."""
+    return config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained"
 
 
 def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None):
