@@ -228,6 +228,13 @@ def validate(config) -> None:
         raise BadInput("bet_retrain_columns: magnitude keeps the largest pretrained entries, so it needs "
                        "bet_retrain_init: pretrained (got scratch, whose columns are all alike); use "
                        "--bet_retrain_columns=prefix or --bet_retrain_init=pretrained")
+    reuse = config["bet_reuse_run"]
+    if reuse is not None and reuse != "":
+        if not isinstance(reuse, str) or not os.path.isdir(reuse):
+            raise BadInput(f"bet_reuse_run must be the output_dir of a finished BET run, got {reuse!r} (no such folder)")
+        if method != "bet" or config["bet_retrain_columns"] != "choose" or config["bet_retrain_init"] != "pretrained":
+            raise BadInput("bet_reuse_run adds bet_retrain_columns: choose's training to a finished run, so it needs "
+                           "--method=bet --bet_retrain_columns=choose with bet_retrain_init: pretrained")
     anchors = anchor_names(config)
     unknown = [name for name in anchors if name not in ONE_SIZE_PER_SIDE]
     if unknown or len(set(anchors)) != len(anchors):

@@ -419,7 +419,7 @@ def test_bet_at_1_rows_only_where_the_fittest_action_trained_to_the_end(tmp_path
 def test_a_columns_choice_counts_as_one_more_training_the_model_was_chosen_from(tmp_path):
     """bet_retrain_columns: choose retrains the chosen action once more (its largest entries): the final model is
     chosen among top-k + 1 trainings; bet@1 stays the fittest action's one training."""
-    from recbole_bet.grid.rows import collect
+    from recbole_bet.grid.rows import collect, n_asked, n_finished
 
     spec = {"name": "fake", "datasets": ["toy"], "models": ["LightGCN"], "sparsities": [0.9], "seeds": [1],
             "methods": [{"label": "bet-choose", "method": "bet", "config": {"bet_retrain_columns": "choose"}}],
@@ -430,14 +430,21 @@ def test_a_columns_choice_counts_as_one_more_training_the_model_was_chosen_from(
     _fake_report(cell, 0.3, 0.3)
     report = json.loads(cell.report_path.read_text())
     first = {"kept_params": 90, "valid": {"ndcg@20": 0.2}, "test": {"recall@20": 0.25}}
-    report.update(full_params=1000, search={
-        "retrained": [dict(first, fitness=f, valid_quality=0.3) for f in (3, 2)], "retrain_schedule": "top_k",
-        "columns_choice": {"kept": "magnitude", "prefix_valid_quality": 0.3,
+    second = {"kept_params": 90, "valid": {"ndcg@20": 0.22}, "test": {"recall@20": 0.24}}
+    report.update(full_params=1000, sizes={"user_share": 0.7}, search={
+        "retrained": [dict(first, fitness=3, valid_quality=0.2), dict(second, fitness=2, valid_quality=0.22)],
+        "chosen": 1, "retrain_schedule": "top_k",
+        "columns_choice": {"kept": "magnitude", "prefix_valid_quality": 0.22,
                            "magnitude": {"valid": {"ndcg@20": 0.31}, "valid_quality": 0.31}}})
     cell.report_path.write_text(json.dumps(report))
-    rows, _ = collect([load_grid(path)], "toy")
+    rows, expected = collect([load_grid(path)], "toy")
     by_method = {r["method"]: r for r in rows}
     assert by_method["bet-choose"]["selected_from"] == 3 and by_method["bet-choose@1"]["selected_from"] == 1
+    # @prefix: the run without the choice, i.e. the best of the top actions with their first columns
+    prefix = by_method["bet-choose@prefix"]
+    assert (prefix["selected_from"], prefix["valid_ndcg@20"], prefix["test_recall@20"]) == (2, 0.22, 0.24)
+    assert prefix["user_share"] == 0.7 and by_method["bet-choose@1"]["user_share"] is None  # same sizes as chosen
+    assert prefix["output_dir"].endswith("#@prefix") and n_finished(rows) == n_asked(expected) == 1
 
 
 def test_the_pretraining_lock_makes_a_second_run_wait(tmp_path):
@@ -498,3 +505,53 @@ def test_an_interrupted_bet_cell_parked_in_the_results_resumes_in_a_fresh_clone(
     assert not (results / "parked").exists()  # finished: the parked copy (and its empty folders) are gone
     again = _run(f"--grid={path}", "--park")
     assert again.returncode == 0 and "no interrupted BET cell" in again.stdout
+
+
+def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tmp_path):
+    """grid --reuse-search: a finished BET cell that kept first columns, in a grid that now asks for
+    bet_retrain_columns: choose, runs once more with --bet_reuse_run on its folder (its search kept); cell.json adds
+    both runs' wall time, the tables gain the @prefix row (the run as it was), and a second pass has nothing to do.
+    Cells it cannot extend stay done."""
+    from recbole_bet.grid.cells import reusable
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    spec = {**yaml.safe_load(TINY.read_text()), "methods": ["es", "bet"], "output_root": str(runs),
+            "results_dir": str(results)}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = _run(f"--grid={path}", timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    es, bet = grid_cells(load_grid(path))
+    before = json.loads((bet.dir / "report.json").read_text())
+    wall = json.loads((bet.dir / "cell.json").read_text())["wall_s_total"]
+    assert reusable(bet) and not reusable(es)
+    # the grid runs BET under the properties' default, prefix: the run refuses and the cell stays as it was
+    refused = _run(f"--grid={path}", "--reuse-search")
+    assert refused.returncode == 1 and "FAILED (exit 2)" in _status_line(refused.stdout, "/bet/0.9/")
+    assert "so it needs --method=bet --bet_retrain_columns=choose" in refused.stderr
+    assert json.loads((bet.dir / "report.json").read_text()) == before
+    assert json.loads((bet.dir / "cell.json").read_text())["wall_s_total"] == wall
+    spec["config"] = {**spec["config"], "bet_retrain_columns": "choose"}
+    path.write_text(yaml.safe_dump(spec))
+    es, bet = grid_cells(load_grid(path))
+    assert reusable(bet) and not reusable(es)
+    dry = _run(f"--grid={path}", "--reuse-search", "--dry-run")
+    assert "would add choose's training" in _status_line(dry.stdout, "/bet/0.9/") and \
+        "skipped" in _status_line(dry.stdout, "/es/0.9/")
+    second = _run(f"--grid={path}", "--reuse-search", timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "search reused" in _status_line(second.stdout, "/bet/0.9/")
+    after = json.loads((bet.dir / "report.json").read_text())
+    assert after["search"]["retrained"] == before["search"]["retrained"] and after["search"]["columns_choice"]
+    info = json.loads((bet.dir / "cell.json").read_text())
+    assert info["args"] == bet.run_args() and "--bet_retrain_columns=choose" in info["args"]
+    assert info["wall_s_total"] == pytest.approx(wall + info["reused"]["wall_s"], abs=1e-3)
+    rows = {r["method"]: r for r in _csv_rows(results / "ml-100k.csv")}
+    assert sorted(rows) == ["bet", "bet@1", "bet@prefix", "es"]
+    chosen = before["search"]["retrained"][before["search"]["chosen"]]
+    assert float(rows["bet@prefix"]["test_recall@20"]) == chosen["test"]["recall@20"]
+    assert float(rows["bet@prefix"]["test_recall@20"]) == before["test"]["recall@20"]  # the run as it was
+    assert rows["bet"]["selected_from"] == str(len(before["search"]["retrained"]) + 1)
+    assert not reusable(bet)
+    third = _run(f"--grid={path}", "--reuse-search")
+    assert "skipped" in _status_line(third.stdout, "/bet/0.9/") and third.returncode == 0

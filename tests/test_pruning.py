@@ -230,13 +230,14 @@ def test_bet_largest_entries_retraining_keeps_each_rows_largest_pretrained_entri
 def test_bet_choose_keeps_the_better_columns_of_the_chosen_action_on_validation(tmp_path):
     """bet_retrain_columns=choose: the top actions retrain with their first columns, the chosen one once more with
     its largest pretrained entries, and the model with the higher validation quality is the run's (exported with
-    a column index only if it keeps the largest entries)."""
+    a column index only if it keeps the largest entries). bet_reuse_run gives the same run from a finished run
+    that kept first columns, at one training; it refuses a run of another configuration or one that chose."""
     from conftest import QUICK, run_cli
 
     out = tmp_path / "bet-choose"
-    proc = run_cli("--model=LightGCN", "--dataset=ml-100k", "--method=bet", f"--config_files={QUICK}", "--epochs=1",
-                   "--bet_retrain_columns=choose", f"--output_dir={out}",
-                   f"--pretrain_cache_dir={tmp_path / 'pretrain'}", f"--checkpoint_dir={tmp_path / 'ckpt'}")
+    common = ("--model=LightGCN", "--dataset=ml-100k", "--method=bet", f"--config_files={QUICK}", "--epochs=1",
+              f"--pretrain_cache_dir={tmp_path / 'pretrain'}", f"--checkpoint_dir={tmp_path / 'ckpt'}")
+    proc = run_cli(*common, "--bet_retrain_columns=choose", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     search = report["search"]
@@ -257,3 +258,25 @@ def test_bet_choose_keeps_the_better_columns_of_the_chosen_action_on_validation(
     assert any(k.endswith(".index") for k in arrays) == larger
     assert pick(ctx.evaluate(ctx.valid_data)) == report["valid"]
     assert pick(ctx.evaluate(ctx.test_data)) == report["test"]
+
+    # bet_reuse_run: a finished run that kept first columns, plus choose's one training, is the fresh choose run
+    first = tmp_path / "bet-prefix"
+    proc = run_cli(*common, f"--output_dir={first}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prefix = json.loads((first / "report.json").read_text())
+    assert prefix["search"]["retrained"] == search["retrained"] and "columns_choice" not in prefix["search"]
+    refused = run_cli(*common, "--bet_retrain_columns=choose", "--seed=7", f"--bet_reuse_run={first}",
+                      f"--output_dir={tmp_path / 'other-seed'}")
+    assert refused.returncode == 2 and "another configuration (seed differ)" in refused.stderr.splitlines()[-1]
+    assert not (tmp_path / "other-seed").exists()
+    proc = run_cli(*common, "--bet_retrain_columns=choose", f"--bet_reuse_run={first}", f"--output_dir={first}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reused = json.loads((first / "report.json").read_text())
+    assert reused["search"]["reused_from"] == str(first)
+    assert reused["search"]["columns_choice"] == choice and reused["search"]["retrained"] == search["retrained"]
+    assert (reused["valid"], reused["test"], reused["sizes"]) == (report["valid"], report["test"], report["sizes"])
+    assert [t["label"] for t in reused["trainings"]] == [t["label"] for t in report["trainings"]]
+    assert reused["timings_s"]["search"] == prefix["timings_s"]["search"]
+    again = run_cli(*common, "--bet_retrain_columns=choose", f"--bet_reuse_run={first}",
+                    f"--output_dir={tmp_path / 'twice'}")
+    assert again.returncode == 2 and "only a run that kept first columns (prefix) can be reused" in again.stderr

@@ -33,6 +33,7 @@ class Cell:
     spec: MethodSpec
     sparsity: float
     seed: int
+    reuse_search: bool = False  # grid --reuse-search: a finished BET cell may get choose's training (cell_state)
 
     @property
     def id(self) -> str:
@@ -97,10 +98,11 @@ def select_cells(cells: list, only: list) -> list:
 
 
 def cell_state(cell: Cell) -> str:
-    """done (report.json exists), resume (interrupted BET run with a checkpoint), rerun (a leftover
-    directory without report: deleted first), parked (no run folder, a checkpoint parked by ``--park``), new."""
+    """done (report.json exists), reuse (done, but ``--reuse-search`` adds choose's training: ``reusable``), resume
+    (interrupted BET run with a checkpoint), rerun (a leftover directory without report: deleted first), parked (no
+    run folder, a checkpoint parked by ``--park``), new."""
     if cell.report_path.is_file():
-        return "done"
+        return "reuse" if cell.reuse_search and reusable(cell) else "done"
     if cell.dir.exists():
         if cell.spec.method == "bet" and (cell.dir / CHECKPOINT).is_file():
             return "resume"
@@ -108,6 +110,19 @@ def cell_state(cell: Cell) -> str:
     if cell.spec.method == "bet" and (cell.parked_dir / CHECKPOINT).is_file():
         return "parked"
     return "new"
+
+
+def reusable(cell: Cell) -> bool:
+    """A finished BET cell that ``run --bet_reuse_run`` can extend with ``bet_retrain_columns: choose``'s training:
+    retrained from the pretrained weights with first columns and no choice made, in a grid that does not ask for
+    another ``bet_retrain_columns`` (the run refuses a configuration that is not choose: the properties' default
+    decides the rest)."""
+    if cell.spec.method != "bet":
+        return False
+    asked = {**cell.grid.config, **cell.spec.config}.get("bet_retrain_columns", "choose")
+    search = (load_json(cell.report_path) or {}).get("search") or {}
+    return (asked == "choose" and search.get("retrain_init") == "pretrained" and not search.get("columns_choice")
+            and search.get("retrain_columns", "prefix") == "prefix" and bool(search.get("retrained")))
 
 
 def comparable_args(args) -> list:

@@ -36,6 +36,11 @@ def parse_args(argv: list, prog: str):
     parser.add_argument("--park", action="store_true",
                         help="copy the checkpoints of interrupted BET cells to RESULTS_DIR/parked/GRID/ (commit them: "
                              "the cells then resume in any clone); run nothing")
+    parser.add_argument("--reuse-search", action="store_true",
+                        help="finished BET cells that kept first columns (warm retraining, no columns choice) are run "
+                             "once more with --bet_reuse_run on their folder: their search and retrainings are kept "
+                             "and bet_retrain_columns: choose's one training is added, for a grid whose BET runs "
+                             "under choose")
     parser.add_argument("--output-root", default=None,
                         help="override the grid's output_root (relative paths: from the current folder)")
     parser.add_argument("--results-dir", default=None, help="override the grid's results_dir (default results)")
@@ -92,6 +97,8 @@ def _run_cells(grid, args, only) -> tuple:
         raise GridError(f"--only {only} matches none of the grid's cells, e.g. {grid_cells(grid)[0].id}")
     print(f"grid {grid.name}: {len(cells)} cell(s) -> {shown(grid.output_root)}")
     cells = _skip_committed(grid, cells)
+    for cell in cells:
+        cell.reuse_search = args.reuse_search
     if args.dry_run:
         print_summary(len(cells), describe(cells), dry_run=True)
         return 0, []

@@ -11,6 +11,7 @@ from recbole_bet.grid.cells import comparable_args, grid_cells, load_json
 from recbole_bet.grid.load import METRICS, Grid, GridError, load_grid
 
 TIMINGS = ("pretrain", "search", "retrain", "total")
+DERIVED = ("@1", "@prefix")  # the labels' suffixes of derived_rows
 # where the final model's units went (the report's `sizes`), kept in the CSV because run folders are not in git
 SIZE_COLUMNS = {"user_share": ("user_share",), "users_mean_size": ("users", "mean"),
                 "items_mean_size": ("items", "mean"), "pair_shared_mean": ("pair_shared_mean",)}
@@ -98,11 +99,12 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
             kept = previous.get(cell.dir_arg)
             if kept is not None and kept["method"] == label and kept["seed"] == cell.seed:
                 rows.append({**kept, "carried": True})
-                one = previous.get(f"{cell.dir_arg}#@1")
-                if one is not None:
-                    rows.append({**one, "carried": True})
-                    expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
-                                        {"n": 0, "base": cell.spec.method})["n"] += 1
+                for suffix in DERIVED:
+                    derived = previous.get(f"{cell.dir_arg}#{suffix}")
+                    if derived is not None:
+                        rows.append({**derived, "carried": True})
+                        expected.setdefault((cell.model, f"{label}{suffix}", float(cell.sparsity)),
+                                            {"n": 0, "base": cell.spec.method})["n"] += 1
             continue
         info = load_json(cell.dir / "cell.json") or {}
         timings = report.get("timings_s") or {}
@@ -140,20 +142,40 @@ def collect(grids: list, dataset: str, previous: dict | None = None) -> tuple:
         halving = search.get("retrain_schedule") == "halving"
         row["probe_spearman"] = None if halving else probe_spearman(retrained)
         rows.append(row)
-        if retrained and "test" in retrained[0] and not halving:
-            first = retrained[0]
-            one = dict(row, method=f"{label}@1", selected_from=1, output_dir=f"{cell.dir_arg}#@1",
-                       realized_sparsity=1 - first["kept_params"] / report["full_params"],
-                       kept_params=first["kept_params"], probe_spearman=None,
-                       **dict.fromkeys(SIZE_COLUMNS))  # the report describes the chosen action's sizes only
-            for split in ("valid", "test"):
-                for m in METRICS:
-                    one[f"{split}_{m}"] = first[split].get(m)
-            rows.append(one)
-            group1 = expected.setdefault((cell.model, f"{label}@1", float(cell.sparsity)),
-                                         {"n": 0, "base": cell.spec.method})
-            group1["n"] += 1
+        for suffix, derived in derived_rows(row, report, halving):
+            rows.append(dict(derived, method=f"{label}{suffix}", output_dir=f"{cell.dir_arg}#{suffix}"))
+            expected.setdefault((cell.model, f"{label}{suffix}", float(cell.sparsity)),
+                                {"n": 0, "base": cell.spec.method})["n"] += 1
     return rows, expected
+
+
+def derived_rows(row: dict, report: dict, halving: bool) -> list:
+    """Second rows of a BET cell, at no extra cost: ``@1``, the fittest action retrained once (not under successive
+    halving, whose first action may have been stopped after one short round: not a training to convergence), and,
+    under ``bet_retrain_columns: choose``, ``@prefix``, the model the top actions' first columns gave (chosen among
+    them on validation: the run as it would be without the choice)."""
+    search = report.get("search") or {}
+    retrained = search.get("retrained") or []
+    out = []
+
+    def from_entry(entry: dict, selected_from: int, same_sizes: bool) -> dict:
+        derived = dict(row, selected_from=selected_from, probe_spearman=None,
+                       realized_sparsity=1 - entry["kept_params"] / report["full_params"],
+                       kept_params=entry["kept_params"])
+        if not same_sizes:  # the report describes the chosen action's sizes only
+            derived.update(dict.fromkeys(SIZE_COLUMNS))
+        for split in ("valid", "test"):
+            for m in METRICS:
+                derived[f"{split}_{m}"] = entry[split].get(m)
+        return derived
+
+    if retrained and "test" in retrained[0] and not halving:
+        out.append(("@1", from_entry(retrained[0], 1, same_sizes=False)))
+    chosen = search.get("chosen")
+    if search.get("columns_choice") and chosen is not None and "test" in retrained[chosen]:
+        # choose changes which entries a row keeps, never its size: the size columns are the chosen action's
+        out.append(("@prefix", from_entry(retrained[chosen], len(retrained), same_sizes=True)))
+    return out
 
 
 def probe_spearman(retrained) -> float | None:
@@ -170,11 +192,16 @@ def probe_spearman(retrained) -> float | None:
     return round(float(spearmanr(fitness, quality).statistic), 6)
 
 
+def is_derived(label: str) -> bool:
+    """A second row of BET's cells (``derived_rows``), not a cell of its own."""
+    return label.endswith(DERIVED)
+
+
 def n_asked(expected: dict) -> int:
-    """Cells the grids ask for; a ``@1`` label is a second row of BET's cells, not a cell of its own."""
-    return sum(g["n"] for (_, label, _), g in expected.items() if not label.endswith("@1"))
+    """Cells the grids ask for, derived labels left out."""
+    return sum(g["n"] for (_, label, _), g in expected.items() if not is_derived(label))
 
 
 def n_finished(rows: list) -> int:
-    """Finished cells: rows less the ``@1`` rows derived from BET's (the same rule as ``n_asked``)."""
-    return sum(1 for r in rows if not r["method"].endswith("@1"))
+    """Finished cells: rows less those derived from BET's (the same rule as ``n_asked``)."""
+    return sum(1 for r in rows if not is_derived(r["method"]))

@@ -145,6 +145,8 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     args = cell.run_args()
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     resumed, earlier, note = False, 0.0, ""
+    if state == "reuse":
+        return _reuse(cell, args, extra_args, die_with_parent, host)
     if state == "rerun":
         _safe_rmtree(cell)
     if state == "parked":
@@ -180,6 +182,26 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     return Outcome("done", seconds, code, resumed, log=err, note=note, host=host)
 
 
+def _reuse(cell: Cell, args: list, extra_args, die_with_parent, host: str) -> Outcome:
+    """``--reuse-search``: the finished cell once more with ``--bet_reuse_run`` on its own folder, which keeps its
+    search and retrainings and adds choose's training; cell.json then records the arguments asked now and the wall
+    time of both runs. A refused or failed run leaves the finished cell as it was (the run writes its report last)."""
+    before = load_json(cell.dir / "cell.json") or {}
+    code, seconds, err = _launch(cell, args + [f"--bet_reuse_run={cell.dir_arg}"], extra_args, die_with_parent)
+    if code != 0:
+        return Outcome("failed", seconds, code, False, tail(err), err, "reusing its search", host)
+    earlier = (before.get("wall_s_total", before.get("wall_s", 0.0)) or 0.0) + \
+        (load_json(cell.dir / PARTIAL) or {}).get("wall_s", 0.0)  # an interrupted attempt at reusing it
+    record = {**before, "args": args, "reused": {
+        "command": shlex.join(command_for([*args, f"--bet_reuse_run={cell.dir_arg}", *extra_args])),
+        "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "wall_s": round(seconds, 3),
+        "host": host, "args_before": before.get("args")}, "wall_s_total": round(earlier + seconds, 3)}
+    (cell.dir / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
+    if (cell.dir / PARTIAL).exists():
+        (cell.dir / PARTIAL).unlink()
+    return Outcome("done", seconds, code, False, log=err, note="search reused, choose's training added", host=host)
+
+
 def status_prefix(i: int, n: int, cell: Cell) -> str:
     width = len(str(n))
     return f"[{i:>{width}}/{n}] {cell.id:<44} "
@@ -204,7 +226,8 @@ def describe(cells: list) -> dict:
             print(line + skip_line(cell), flush=True)
             counts["skipped"] = counts.get("skipped", 0) + 1
             continue
-        what = {"new": "would run", "rerun": "would rerun (leftover directory without report.json is deleted)",
+        what = {"new": "would run", "reuse": "would add choose's training, reusing its search (--bet_reuse_run)",
+                "rerun": "would rerun (leftover directory without report.json is deleted)",
                 "resume": "would resume (--resume, interrupted BET run)",
                 "parked": f"would resume from the checkpoint parked in {shown(cell.parked_dir)}"}[state]
         print(line + what)

@@ -75,7 +75,8 @@ def write_markdown(path: Path, dataset: str, grids: list, rows: list, expected: 
              "Test metrics of finished cells, `mean ± std` over seeds (std with ddof=1; a bare mean means one "
              "seed). *realised* is the mean realised sparsity (1 - kept / full parameters). *from* is how many "
              "trainings each final model was chosen from on validation (BET: its top-k retrainings; `bet@1` is the "
-             "first of them, the fittest action, at no extra cost). *conv.* is how many cells had every training "
+             "first of them, the fittest action, at no extra cost; under `bet_retrain_columns: choose` one more, "
+             "and `@prefix` is the model its first columns gave, the run without that choice). *conv.* is how many cells had every training "
              "end by the convergence test rather than the epoch cap. *valid N@20* is the validation NDCG@20 of the "
              "final models, on which every setting is chosen (test metrics only report). *seeds* is finished / "
              "asked for by the grids. *wall* is the summed wall time of the cells' `run_bet.py` subprocesses "
@@ -279,7 +280,7 @@ def write_plot(path: Path, dataset: str, grids: list, rows: list, expected: dict
                 ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, loc="upper left",
                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(f"{dataset}: mean over seeds, error bars = std over seeds"
-                 + ("; BET's variants and @1 rows are in the .md tables" if left_out else ""))
+                 + ("; BET's variants and derived rows are in the .md tables" if left_out else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

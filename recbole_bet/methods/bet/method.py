@@ -11,7 +11,7 @@ import torch
 from recbole_bet.budget import keep_top_entries_per_row, one_size_per_side
 from recbole_bet.config import anchor_names, pretrain_key_items
 from recbole_bet.methods.base import Method, Selection
-from recbole_bet.methods.bet import checkpoint
+from recbole_bet.methods.bet import checkpoint, reuse
 from recbole_bet.methods.bet.loop import Member, SearchLoop, iteration_seed
 from recbole_bet.methods.bet.predictor import PredictorTrainer, build_predictor
 from recbole_bet.methods.bet.sampler import ActionSampler
@@ -36,6 +36,11 @@ def run_identity(config) -> dict:
     items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
     if "bet_anchors" in items:
         items["bet_anchors"] = anchor_names(config)
+    if items.get("bet_retrain_columns") == "choose" and items.get("memory_budget") is None:
+        # what a checkpoint holds (the search, the top-k retrainings) is prefix's; choose only adds a training after
+        # them (under a memory_budget it also counts a column index: another budget, another run)
+        items["bet_retrain_columns"] = "prefix"
+    items.pop("bet_reuse_run", None)  # a reusing run reads a finished run and writes no checkpoint
     for key, default in LATER_KEYS_DEFAULTS.items():
         if items.get(key) == default:
             del items[key]
@@ -56,6 +61,8 @@ class BET(Method):
 
     def select(self, ctx) -> Selection:
         config = ctx.config
+        if config["bet_reuse_run"]:
+            return select_reusing(ctx, config["bet_reuse_run"])
         path = ctx.checkpoint_path
         meta, saved = {}, {}
         if ctx.resume:
@@ -143,6 +150,27 @@ class BET(Method):
             search["columns_choice"] = columns_choice
         return Selection(sizes, weights, valid, search,
                          {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")}, keep=keep)
+
+
+def select_reusing(ctx, folder: str) -> Selection:
+    """``bet_reuse_run``: the finished run's search and top-k retrainings as they were, then ``choose``'s one
+    training. The report is the one a fresh ``choose`` run writes (its trainings and timings add the finished run's
+    to this one's), with ``reused_from`` naming the folder."""
+    run = reuse.finished_run(ctx, folder)
+    old = run["report"]
+    pre_state, _, pretrain_s = pretrained(ctx)
+    ctx.trainings[:] = list(old.get("trainings") or [])
+    start = perf_counter()
+    evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
+    first = old["search"]["retrained"][old["search"]["chosen"]]
+    weights, valid, keep, columns_choice = choose_columns(ctx, pre_state, run["sizes"], run["weights"], old["valid"],
+                                                          evaluate_test, valid_quality=first["valid_quality"])
+    timings = dict(old.get("timings_s") or {})
+    timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
+    timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - start
+    search = dict(old["search"], retrain_columns="choose", columns_choice=columns_choice, reused_from=folder)
+    return Selection(run["sizes"], weights, valid, search,
+                     {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")}, keep=keep)
 
 
 class Probe:
@@ -256,18 +284,20 @@ def chooses_columns(config) -> bool:
     return config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained"
 
 
-def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None):
+def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None, valid_quality=None):
     """``bet_retrain_columns: choose``: the chosen action (trained with its first columns) once more with each
     row's largest pretrained entries; the better of the two on validation stays, as among the top actions.
+    ``valid_quality``: the first's validation quality when ``valid`` is a report's (fewer metrics than it needs).
     Returns (weights, valid, keep or None, the report's ``columns_choice``)."""
+    prefix_quality = quality(valid) if valid_quality is None else valid_quality
     keep = largest_entries(ctx, pre_state)(sizes)
     getLogger().info("retraining the chosen action with its rows' largest pretrained entries")
     m_weights, m_valid, _ = ctx.train_from(pre_state, keep=keep, label="from pretrained, largest entries")
     largest = {"valid": pick(m_valid), "valid_quality": quality(m_valid)}
     if evaluate_test is not None:  # reported only; the choice is on validation
         largest["test"] = pick(evaluate_test())
-    kept = "magnitude" if largest["valid_quality"] > quality(valid) else "prefix"
-    choice = {"kept": kept, "prefix_valid_quality": quality(valid), "magnitude": largest}
+    kept = "magnitude" if largest["valid_quality"] > prefix_quality else "prefix"
+    choice = {"kept": kept, "prefix_valid_quality": prefix_quality, "magnitude": largest}
     if kept == "magnitude":
         return m_weights, m_valid, keep, choice
     return weights, valid, None, choice

@@ -1,0 +1,77 @@
+"""``bet_reuse_run``: a finished BET run whose top actions were retrained with their first columns, read back so that
+``bet_retrain_columns: choose`` adds only its one training (the chosen action with its rows' largest pretrained
+entries) instead of repeating the search and the top-k retrainings.
+
+What makes the two runs the same experiment: the pretrained model comes from the cache by the same keys, every
+training reseeds from the run's seed (``RunContext.reseed``), so the chosen action's extra training is the one a
+fresh ``choose`` run would make. The check is therefore on what shaped the finished run: its recorded configuration
+(``run_config.json``) must equal this run's except for the keys below, and its budget must be this run's.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from recbole_bet.errors import BadInput
+from recbole_bet.export import load_artifact
+from recbole_bet.masking import plain_state_dict
+
+# keys that may differ: where the run writes, what it resumes, what this reuse adds, and how it is shown or placed
+IGNORED_KEYS = {"output_dir", "resume", "bet_retrain_columns", "bet_reuse_run", "show_progress", "device", "gpu_id",
+                "use_gpu", "checkpoint_dir", "log_wandb", "wandb_project", "worker", "config_files", "data_path",
+                "state", "local_rank", "world_size", "nproc", "offset", "ip", "port", "backend", "single_spec"}
+# keys a run recorded before they existed ran at these values (methods.bet.method.LATER_KEYS_DEFAULTS)
+RECORDED_BEFORE = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": [],
+                   "bet_retrain_columns": "prefix"}
+
+
+def _read_json(path: str, folder: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise BadInput(f"bet_reuse_run={folder}: no {os.path.basename(path)} there; give the output_dir of a "
+                       "finished BET run") from None
+    except ValueError:
+        raise BadInput(f"bet_reuse_run={folder}: {os.path.basename(path)} is damaged") from None
+
+
+def _comparable(recorded: dict) -> dict:
+    values = {k: v for k, v in recorded.items() if k not in IGNORED_KEYS}
+    for key, default in RECORDED_BEFORE.items():
+        values.setdefault(key, default)
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def differences(then: dict, now: dict) -> list:
+    """The result-shaping keys whose values differ between two recorded configurations."""
+    a, b = _comparable(then), _comparable(now)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def finished_run(ctx, folder: str) -> dict:
+    """The finished run in ``folder``, checked against this one: its report, and its chosen action's sizes and
+    weights loaded from its artifact (the model the first columns gave; exact, the artifact stores float32)."""
+    config = ctx.config
+    report = _read_json(os.path.join(folder, "report.json"), folder)
+    recorded = _read_json(os.path.join(folder, "run_config.json"), folder)
+    search = report.get("search") or {}
+    if report.get("method") != "bet" or not search.get("retrained"):
+        raise BadInput(f"bet_reuse_run={folder}: not a finished BET run (its report has no retrained actions)")
+    if search.get("retrain_columns", "prefix") != "prefix" or search.get("columns_choice"):
+        raise BadInput(f"bet_reuse_run={folder}: that run retrained with bet_retrain_columns: "
+                       f"{search.get('retrain_columns')}; only a run that kept first columns (prefix) can be reused")
+    now = json.loads(json.dumps(config.external_config_dict, default=str))
+    differ = differences(recorded.get("config") or {}, now)
+    if recorded.get("model") != config["model"] or differ:
+        shown = ", ".join(differ[:4]) or "model"
+        raise BadInput(f"bet_reuse_run={folder}: that run was made with another configuration ({shown} differ); "
+                       "reuse a run of the same model, dataset, sparsity, seed and keys")
+    if report.get("budget_params") != ctx.budget.budget_params:
+        raise BadInput(f"bet_reuse_run={folder}: its budget was {report.get('budget_params')} parameters, this run's "
+                       f"is {ctx.budget.budget_params} (a memory_budget counts choose's column index): run it afresh")
+    load_artifact(os.path.join(folder, "table.npz"), ctx.model, ctx.masked, config["model"],
+                  config["dataset"].split("/")[-1])
+    return {"report": report, "sizes": np.asarray(ctx.masked.sizes).copy(), "weights": plain_state_dict(ctx.model)}
