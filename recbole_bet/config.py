@@ -232,9 +232,11 @@ def validate(config) -> None:
     if reuse is not None and reuse != "":
         if not isinstance(reuse, str) or not os.path.isdir(reuse):
             raise BadInput(f"bet_reuse_run must be the output_dir of a finished BET run, got {reuse!r} (no such folder)")
-        if method != "bet" or config["bet_retrain_columns"] != "choose" or config["bet_retrain_init"] != "pretrained":
+        if method != "bet" or config["bet_retrain_columns"] != "choose" or config["bet_retrain_init"] != "pretrained" \
+                or config["memory_budget"] is not None:
             raise BadInput("bet_reuse_run adds bet_retrain_columns: choose's training to a finished run, so it needs "
-                           "--method=bet --bet_retrain_columns=choose with bet_retrain_init: pretrained")
+                           "--method=bet --bet_retrain_columns=choose with bet_retrain_init: pretrained and no "
+                           "memory_budget")
     anchors = anchor_names(config)
     unknown = [name for name in anchors if name not in ONE_SIZE_PER_SIDE]
     if unknown or len(set(anchors)) != len(anchors):

@@ -509,14 +509,16 @@ def test_an_interrupted_bet_cell_parked_in_the_results_resumes_in_a_fresh_clone(
 
 def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tmp_path):
     """grid --reuse-search: a finished BET cell that kept first columns, in a grid that now asks for
-    bet_retrain_columns: choose, runs once more with --bet_reuse_run on its folder (its search kept); cell.json adds
-    both runs' wall time, the tables gain the @prefix row (the run as it was), and a second pass has nothing to do.
-    Cells it cannot extend stay done."""
+    bet_retrain_columns: choose (the default), runs once more with --bet_reuse_run on its folder (its search kept);
+    cell.json adds both runs' wall time, the tables gain the @prefix row (the run as it was), and a second pass has
+    nothing to do. A cell whose run refuses stays as it was."""
     from recbole_bet.grid.cells import reusable
 
     runs, results = tmp_path / "runs", tmp_path / "results"
     spec = {**yaml.safe_load(TINY.read_text()), "methods": ["es", "bet"], "output_root": str(runs),
             "results_dir": str(results)}
+    tiny_config = dict(spec["config"])
+    spec["config"] = {**tiny_config, "bet_retrain_columns": "prefix"}  # a cell run before choose was the default
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(spec))
     first = _run(f"--grid={path}", timeout=600)
@@ -524,14 +526,17 @@ def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tm
     es, bet = grid_cells(load_grid(path))
     before = json.loads((bet.dir / "report.json").read_text())
     wall = json.loads((bet.dir / "cell.json").read_text())["wall_s_total"]
-    assert reusable(bet) and not reusable(es)
-    # the grid runs BET under the properties' default, prefix: the run refuses and the cell stays as it was
+    assert not reusable(bet) and not reusable(es)  # the grid still asks for first columns
+    # a grid asking for choose with retraining from scratch: the run refuses and the cell stays as it was
+    spec["config"] = {**tiny_config, "bet_retrain_init": "scratch"}
+    path.write_text(yaml.safe_dump(spec))
+    assert reusable(grid_cells(load_grid(path))[1])
     refused = _run(f"--grid={path}", "--reuse-search")
     assert refused.returncode == 1 and "FAILED (exit 2)" in _status_line(refused.stdout, "/bet/0.9/")
     assert "so it needs --method=bet --bet_retrain_columns=choose" in refused.stderr
     assert json.loads((bet.dir / "report.json").read_text()) == before
     assert json.loads((bet.dir / "cell.json").read_text())["wall_s_total"] == wall
-    spec["config"] = {**spec["config"], "bet_retrain_columns": "choose"}
+    spec["config"] = tiny_config  # the default, choose
     path.write_text(yaml.safe_dump(spec))
     es, bet = grid_cells(load_grid(path))
     assert reusable(bet) and not reusable(es)
@@ -544,7 +549,7 @@ def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tm
     after = json.loads((bet.dir / "report.json").read_text())
     assert after["search"]["retrained"] == before["search"]["retrained"] and after["search"]["columns_choice"]
     info = json.loads((bet.dir / "cell.json").read_text())
-    assert info["args"] == bet.run_args() and "--bet_retrain_columns=choose" in info["args"]
+    assert info["args"] == bet.run_args() and "--bet_retrain_columns=prefix" in info["reused"]["args_before"]
     assert info["wall_s_total"] == pytest.approx(wall + info["reused"]["wall_s"], abs=1e-3)
     rows = {r["method"]: r for r in _csv_rows(results / "ml-100k.csv")}
     assert sorted(rows) == ["bet", "bet@1", "bet@prefix", "es"]

@@ -180,7 +180,9 @@ def test_bet_levers_paper_sampler_per_iteration_draws_and_warm_retraining(tmp_pa
     retrained_sides = {e["user_share"] >= 0.5 for e in search["retrained"]}
     assert search["retrained"][0]["t"] == fittest["t"] and retrained_sides == sides  # both sides when there are two
     labels = [t["label"] for t in report["trainings"]]
-    assert labels[0] == "pretrain" and labels[1:] == ["from pretrained"] * len(search["retrained"])
+    # then the default bet_retrain_columns: choose's training of the chosen action
+    assert labels[0] == "pretrain" and labels[1:] == ["from pretrained"] * len(search["retrained"]) + \
+        ["from pretrained, largest entries"]
     assert report["kept_params"] <= report["budget_params"]
     assert search["max_candidate_kept_params"] <= report["budget_params"]
     assert report["config"]["bet_sampler"] == "paper" and report["config"]["bet_retrain_init"] == "pretrained"
@@ -359,10 +361,14 @@ def test_bet_successive_halving_runs_end_to_end(tmp_path):
     search = report["search"]
     assert search["retrain_schedule"] == "halving"
     retrained = search["retrained"]
-    assert [t["label"] for t in report["trainings"][-len(retrained):]] == \
-        [f"halving, action {k}" for k in range(1, len(retrained) + 1)]
+    # the default bet_retrain_columns: choose trains the chosen action once more, after the rounds
+    assert [t["label"] for t in report["trainings"][-len(retrained) - 1:]] == \
+        [f"halving, action {k}" for k in range(1, len(retrained) + 1)] + ["from pretrained, largest entries"]
     assert retrained[search["chosen"]]["epochs"] == max(e["epochs"] for e in retrained)
-    assert report["valid"]["ndcg@20"] == pytest.approx(retrained[search["chosen"]]["valid"]["ndcg@20"])
+    choice = search["columns_choice"]
+    assert choice["prefix_valid_quality"] == retrained[search["chosen"]]["valid_quality"]
+    kept = choice["magnitude"] if choice["kept"] == "magnitude" else retrained[search["chosen"]]
+    assert report["valid"]["ndcg@20"] == pytest.approx(kept["valid"]["ndcg@20"])
 
 
 def test_the_paper_profile_selects_the_papers_bet(tmp_path):
@@ -370,9 +376,11 @@ def test_the_paper_profile_selects_the_papers_bet(tmp_path):
     behaviour, whatever the defaults are, and the report says so."""
     search = quick_bet_report(tmp_path, config_files=f"{QUICK} paper")["search"]
     assert {k: search[k] for k in ("sampler", "distribution_draw", "sides", "retrain_init", "retrain_schedule",
-                                   "retrain_pick", "probe_seed")} == {
+                                   "retrain_pick", "probe_seed", "retrain_columns")} == {
         "sampler": "paper", "distribution_draw": "per_iteration", "sides": "independent", "retrain_init": "scratch",
-        "retrain_schedule": "top_k", "retrain_pick": "fittest", "probe_seed": "per_iteration"}
+        "retrain_schedule": "top_k", "retrain_pick": "fittest", "probe_seed": "per_iteration",
+        "retrain_columns": "prefix"}
+    assert "columns_choice" not in search
     assert search["anchors"] == [] and all(it["strategy"] != "anchor" for it in search["iterations"])
     assert search["finetune_batch_size"] == 10000  # the paper's, not scaled to ml-100k
     assert len(search["retrained"]) == 2 and all("round" not in e for e in search["retrained"])

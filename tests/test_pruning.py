@@ -261,7 +261,7 @@ def test_bet_choose_keeps_the_better_columns_of_the_chosen_action_on_validation(
 
     # bet_reuse_run: a finished run that kept first columns, plus choose's one training, is the fresh choose run
     first = tmp_path / "bet-prefix"
-    proc = run_cli(*common, f"--output_dir={first}")
+    proc = run_cli(*common, "--bet_retrain_columns=prefix", f"--output_dir={first}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prefix = json.loads((first / "report.json").read_text())
     assert prefix["search"]["retrained"] == search["retrained"] and "columns_choice" not in prefix["search"]

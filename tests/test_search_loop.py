@@ -191,12 +191,10 @@ def test_run_identity_reads_anchors_in_every_spelling_and_old_checkpoints_still_
     assert run_identity(_Config(base, bet_anchors="es,es-users")) == run_identity(_Config(base, bet_anchors=["es", "es-users"]))
     assert run_identity(_Config(base, bet_anchors=["es"])) != before
     # choose adds a training after everything a checkpoint holds: a prefix run's checkpoint resumes under it, and
-    # before the key existed runs kept first columns; not so under a memory_budget, which counts choose's index
+    # before the key existed runs kept first columns
     assert run_identity(_Config(base, bet_retrain_columns="choose", bet_reuse_run=None)) == before
     assert run_identity(_Config(base, bet_retrain_columns="prefix")) == before
     assert run_identity(_Config(base, bet_retrain_columns="magnitude")) != before
-    budget = dict(base, memory_budget=4096)
-    assert run_identity(_Config(budget, bet_retrain_columns="choose")) != run_identity(_Config(budget))
 
 
 def test_anchor_names_from_every_spelling():

@@ -36,9 +36,8 @@ def run_identity(config) -> dict:
     items.update({k: v for k, v in config.final_config_dict.items() if k.startswith("bet_")})
     if "bet_anchors" in items:
         items["bet_anchors"] = anchor_names(config)
-    if items.get("bet_retrain_columns") == "choose" and items.get("memory_budget") is None:
+    if items.get("bet_retrain_columns") == "choose":
         # what a checkpoint holds (the search, the top-k retrainings) is prefix's; choose only adds a training after
-        # them (under a memory_budget it also counts a column index: another budget, another run)
         items["bet_retrain_columns"] = "prefix"
     items.pop("bet_reuse_run", None)  # a reusing run reads a finished run and writes no checkpoint
     for key, default in LATER_KEYS_DEFAULTS.items():
@@ -53,8 +52,8 @@ class BET(Method):
 
     @classmethod
     def uses_element_masks(cls, config) -> bool:
-        # choose: its model may keep any entries, so a memory budget counts their columns either way
-        return config["bet_retrain_columns"] == "magnitude" or chooses_columns(config)
+        # a memory budget counts the column index of magnitude's entries (choose makes no choice under one)
+        return config["bet_retrain_columns"] == "magnitude"
 
     def plot_search(self, path, search, title, budget) -> bool:
         return bool(search) and plot_bet_search(path, search, title)
@@ -280,8 +279,10 @@ def retrain_keep(ctx, pre_state):
 
 def chooses_columns(config) -> bool:
     """``bet_retrain_columns: choose`` with a warm retraining (from scratch the columns are all alike: nothing to
-    choose)."""
-    return config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained"
+    choose) and no ``memory_budget`` (the largest entries need a column index, a fifth more bytes a parameter, which
+    a budget sized for first columns has no room for: ``magnitude`` pays for it)."""
+    return (config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained"
+            and config["memory_budget"] is None)
 
 
 def choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test=None, valid_quality=None):
