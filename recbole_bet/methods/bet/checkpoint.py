@@ -17,6 +17,10 @@ from recbole_bet.methods.base import CHECKPOINT_FILENAME
 
 FILENAME = CHECKPOINT_FILENAME
 VERSION = 1
+# keys added after checkpoints (and finished runs' records) were written, at the values those runs ran with (the
+# behaviour before the key existed): left out of a run's identity while at them, so that those runs still match
+LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": [],
+                       "bet_retrain_columns": "prefix"}
 
 
 def save(path: str, meta: dict, tensors: dict) -> None:

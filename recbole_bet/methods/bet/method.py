@@ -22,10 +22,6 @@ from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTrai
                                   train_loader_with_batch_size, validation_subset)
 
 
-# keys added after checkpoints were written: left out of a run's identity while at these values (their
-# defaults, the behaviour before the key existed), so that those checkpoints still resume
-LATER_KEYS_DEFAULTS = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": [],
-                       "bet_retrain_columns": "prefix"}
 
 
 def run_identity(config) -> dict:
@@ -40,7 +36,7 @@ def run_identity(config) -> dict:
         # what a checkpoint holds (the search, the top-k retrainings) is prefix's; choose only adds a training after
         items["bet_retrain_columns"] = "prefix"
     items.pop("bet_reuse_run", None)  # a reusing run reads a finished run and writes no checkpoint
-    for key, default in LATER_KEYS_DEFAULTS.items():
+    for key, default in checkpoint.LATER_KEYS_DEFAULTS.items():
         if items.get(key) == default:
             del items[key]
     return json.loads(json.dumps(items, sort_keys=True, default=str))

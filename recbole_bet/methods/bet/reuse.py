@@ -17,14 +17,12 @@ import numpy as np
 from recbole_bet.errors import BadInput
 from recbole_bet.export import load_artifact
 from recbole_bet.masking import plain_state_dict
+from recbole_bet.methods.bet.checkpoint import LATER_KEYS_DEFAULTS
 
 # keys that may differ: where the run writes, what it resumes, what this reuse adds, and how it is shown or placed
 IGNORED_KEYS = {"output_dir", "resume", "bet_retrain_columns", "bet_reuse_run", "show_progress", "device", "gpu_id",
                 "use_gpu", "checkpoint_dir", "log_wandb", "wandb_project", "worker", "config_files", "data_path",
                 "state", "local_rank", "world_size", "nproc", "offset", "ip", "port", "backend", "single_spec"}
-# keys a run recorded before they existed ran at these values (methods.bet.method.LATER_KEYS_DEFAULTS)
-RECORDED_BEFORE = {"bet_sides": "independent", "bet_probe_seed": "per_iteration", "bet_anchors": [],
-                   "bet_retrain_columns": "prefix"}
 
 
 def _read_json(path: str, folder: str) -> dict:
@@ -40,7 +38,7 @@ def _read_json(path: str, folder: str) -> dict:
 
 def _comparable(recorded: dict) -> dict:
     values = {k: v for k, v in recorded.items() if k not in IGNORED_KEYS}
-    for key, default in RECORDED_BEFORE.items():
+    for key, default in LATER_KEYS_DEFAULTS.items():  # recorded before they existed
         values.setdefault(key, default)
     return json.loads(json.dumps(values, sort_keys=True, default=str))
 
