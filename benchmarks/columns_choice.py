@@ -1,5 +1,5 @@
-"""What ``bet_retrain_columns: choose`` chose, cell by cell: the chosen action with its first columns (what the
-default BET keeps) against the same action with each row's largest pretrained entries.
+"""What ``bet_retrain_columns: choose`` (the default) chose, cell by cell: the chosen action with its first columns
+(the paper's layout, the run's ``@prefix`` row) against the same action with each row's largest pretrained entries.
 
     python benchmarks/columns_choice.py RUN_ROOT [...] [--out=results/columns-choice]
 
@@ -66,8 +66,9 @@ def write_md(path: Path, entries: list, command: str) -> None:
     lines = ["# `bet_retrain_columns: choose`, cell by cell", "", f"Produced by `{command}` "
              "(benchmarks/columns_choice.py; its docstring says what is read).", "",
              "Each cell's chosen action trained twice from the pretrained weights: keeping each row's first columns "
-             "(the default BET's model) and keeping its largest entries; *kept* is the one with the higher validation "
-             "quality (the run's model). Validation NDCG@20 decides; test Recall@20 only reports.", "",
+             "(the paper's layout, the run's `@prefix` row) and keeping its largest entries; *kept* is the one with "
+             "the higher validation quality (the run's model). Validation NDCG@20 decides; test Recall@20 only "
+             "reports.", "",
              "| dataset | model | label | sparsity | seed | valid N@20 first / largest | test R@20 first / largest | kept |",
              "|---|---|---|--:|--:|---|---|---|"]
     key = lambda e: (e["dataset"], e["model"], e["label"], e["sparsity"], e["seed"])  # noqa: E731

@@ -130,7 +130,7 @@ def test_probe_actions_probes_then_retrains_with_first_or_largest_columns(tmp_pa
 
 def test_columns_choice_pairs_each_choose_cell_with_its_first_columns_model(tmp_path):
     """Per cell both trainings of the chosen action and the one kept; per group the kept model's gain over the
-    first-columns model, paired over seeds; a cell without a choice (the default BET) is not read."""
+    first-columns model, paired over seeds; a cell without a choice (a run keeping first columns) is not read."""
     def write(label, seed, prefix, largest, kept, cell="gowalla-u1000"):
         folder = tmp_path / "runs" / cell / "LightGCN" / label / "0.9" / f"seed{seed}"
         folder.mkdir(parents=True)
