@@ -22,8 +22,6 @@ from recbole_bet.training import (FITNESS_METRICS, REPORT_METRICS, ContinuedTrai
                                   train_loader_with_batch_size, validation_subset)
 
 
-
-
 def run_identity(config) -> dict:
     """What must match for a checkpoint to be resumed: everything that shapes the result."""
     items = dict(pretrain_key_items(config))
