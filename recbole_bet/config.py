@@ -480,12 +480,15 @@ def check_inter_file(path: str, config) -> None:
                                f"fix the value, or leave the column out with --load_col")
 
 
+# keys that say where a run reads, writes and runs, and how it is shown: never what it computes
+PLACEMENT_KEYS = frozenset({
+    "output_dir", "device", "gpu_id", "use_gpu", "state", "show_progress", "checkpoint_dir", "pretrain_cache_dir",
+    "log_wandb", "wandb_project", "worker", "eval_batch_size", "config_files", "resume", "local_rank", "world_size",
+    "nproc", "offset", "ip", "port", "backend", "single_spec", "data_path",
+})
 # keys that do not change what pretraining produces (so a cached pretrained model can be reused)
-_NOT_PRETRAIN_KEYS = {
-    "method", "sparsity", "d_min", "output_dir", "memory_budget", "device", "gpu_id", "use_gpu", "state",
-    "show_progress", "checkpoint_dir", "pretrain_cache_dir", "log_wandb", "wandb_project", "worker",
-    "eval_batch_size", "config_files", "resume", "local_rank", "world_size", "nproc", "offset", "ip", "port",
-    "backend", "single_spec", "data_path",
+_NOT_PRETRAIN_KEYS = PLACEMENT_KEYS | {
+    "method", "sparsity", "d_min", "memory_budget",
     "trim_columns",  # how fixed-mask trainings run; pretraining is at full width
 }
 

@@ -14,15 +14,14 @@ import os
 
 import numpy as np
 
+from recbole_bet.config import PLACEMENT_KEYS
 from recbole_bet.errors import BadInput
 from recbole_bet.export import load_artifact
 from recbole_bet.masking import plain_state_dict
 from recbole_bet.methods.bet.checkpoint import LATER_KEYS_DEFAULTS
 
-# keys that may differ: where the run writes, what it resumes, what this reuse adds, and how it is shown or placed
-IGNORED_KEYS = {"output_dir", "resume", "bet_retrain_columns", "bet_reuse_run", "show_progress", "device", "gpu_id",
-                "use_gpu", "checkpoint_dir", "log_wandb", "wandb_project", "worker", "config_files", "data_path",
-                "state", "local_rank", "world_size", "nproc", "offset", "ip", "port", "backend", "single_spec"}
+# keys that may differ: where and how the runs ran, and what this reuse adds
+IGNORED_KEYS = PLACEMENT_KEYS | {"bet_retrain_columns", "bet_reuse_run"}
 
 
 def _read_json(path: str, folder: str) -> dict:
