@@ -68,6 +68,23 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference, event, nth):
     assert not (tmp / out / "checkpoint.pt").exists()  # a finished run keeps report and artifact only
 
 
+def test_resume_on_a_fresh_machine_probes_with_the_checkpoints_pretrained_weights(reference, tmp_path):
+    """The checkpoint carries the pretrained weights the search probed with, so a resume where the pretraining
+    cache is gone (a fresh machine, whose pretraining can differ in the last digits) does not pretrain again."""
+    tmp, expected = reference
+    out = "moved"
+    killed = run_python("tests/kill_runner.py", "checkpoint", "2", *_args(tmp, out))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    empty_cache = tmp_path / "empty-cache"
+    args = [f"--pretrain_cache_dir={empty_cache}" if a.startswith("--pretrain_cache_dir=") else a
+            for a in _args(tmp, out)]
+    resumed = run_python("run_bet.py", *args, f"--resume={tmp / out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(empty_cache.glob("*.pt"))  # no pretraining ran: it would have cached its weights here
+    got = json.loads((tmp / out / "report.json").read_text())
+    assert_same_report(_comparable(got), _comparable(expected))
+
+
 def test_resume_refuses_another_configuration(reference):
     tmp, _ = reference
     out = "other"
