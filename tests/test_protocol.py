@@ -281,6 +281,37 @@ def test_retraining_from_both_sides_of_the_split():
     assert [m.t for m in few_same.top_both_sides(3, n_users=2)] == [0, 4, 5]
 
 
+def test_retraining_the_fittest_and_every_anchor():
+    """bet_retrain_pick=fittest_and_anchors: the k fittest distinct actions first, then each anchor not among them
+    (earliest first), an anchor whose sizes equal a retrained action's once."""
+    from recbole_bet.methods.bet.loop import Member, SearchState
+
+    def member(t, users, items, fitness, anchor=None):  # two users, two items
+        sizes = np.array([users, users, items, items])
+        return Member(t, "anchor" if anchor else "random", sizes, None, fitness, None, int(sizes.sum()), 0.0, anchor)
+
+    anchors = [member(0, 5, 5, 0.70, "es"), member(1, 9, 1, 0.60, "es-users"), member(2, 1, 9, 0.65, "es-items")]
+    sampled = [member(3, 8, 2, 0.90), member(4, 7, 3, 0.80), member(5, 9, 1, 0.75)]
+    state = SearchState(population=anchors + sampled)
+    assert [m.t for m in state.top(2)] == [3, 4]
+    assert [m.t for m in state.top_and_anchors(2)] == [3, 4, 0, 1, 2]
+    assert [m.t for m in state.top_and_anchors(4)] == [3, 4, 5, 0, 2]  # es-users' sizes are t=5's: retrained once
+    assert [m.t for m in SearchState(population=sampled).top_and_anchors(2)] == [3, 4]  # no anchors: top-k
+
+
+def test_bet_retrains_its_anchors_when_asked_through_the_cli(tmp_path):
+    """The quick profile probes es-users at t = 0; with one action to retrain, fittest_and_anchors retrains the
+    fittest action and the anchor too (unless the anchor is the fittest), and the choice is over both."""
+    report = quick_bet_report(tmp_path, "--bet_retrain_pick=fittest_and_anchors", "--bet_retrain_top_k=1")
+    search = report["search"]
+    assert search["retrain_pick"] == "fittest_and_anchors"
+    fittest = max(search["iterations"], key=lambda it: (it["fitness"], -it["t"]))
+    anchor = next(it for it in search["iterations"] if it.get("anchor") == "es-users")
+    expected = [fittest["t"]] + ([] if fittest["t"] == anchor["t"] else [anchor["t"]])
+    assert [e["t"] for e in search["retrained"]] == expected
+    assert report["kept_params"] <= report["budget_params"]
+
+
 def quick_bet_report(tmp_path, *keys, model="LightGCN", epochs=2, config_files=QUICK) -> dict:
     """``run_bet.py --method=bet --sparsity=0.9`` on ml-100k through the CLI (quick profile), the report it wrote."""
     out = tmp_path / "bet"
