@@ -220,7 +220,8 @@ def validate(config) -> None:
                          ("bet_retrain_init", ("scratch", "pretrained")),
                          ("bet_retrain_columns", ("prefix", "magnitude", "choose")),
                          ("bet_retrain_schedule", ("top_k", "halving")),
-                         ("bet_retrain_pick", ("fittest", "both_sides", "fittest_and_anchors")), ("bet_sides", ("independent", "tied")),
+                         ("bet_retrain_pick", ("fittest", "both_sides", "fittest_and_anchors")),
+                         ("bet_sides", ("independent", "tied")),
                          ("bet_probe_seed", ("per_iteration", "shared"))):
         if config[key] not in allowed:
             raise BadInput(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {config[key]!r}")

@@ -111,9 +111,12 @@ class BET(Method):
         save_retrain.since = retrain_began
         evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
         k = config["bet_retrain_top_k"]
-        retrain_pick = config["bet_retrain_pick"]
-        top = state.top_both_sides(k, ctx.budget.n_users) if retrain_pick == "both_sides" \
-            else state.top_and_anchors(k) if retrain_pick == "fittest_and_anchors" else state.top(k)
+        if config["bet_retrain_pick"] == "both_sides":
+            top = state.top_both_sides(k, ctx.budget.n_users)
+        elif config["bet_retrain_pick"] == "fittest_and_anchors":
+            top = state.top_and_anchors(k)
+        else:
+            top = state.top(k)
         keep_of = retrain_keep(ctx, pre_state)
         if config["bet_retrain_schedule"] == "halving":  # restarts from its first round after an interruption
             retrained, chosen, (sizes, weights, valid) = retrain_halving(
