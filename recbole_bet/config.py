@@ -233,11 +233,12 @@ def validate(config) -> None:
     if reuse is not None and reuse != "":
         if not isinstance(reuse, str) or not os.path.isdir(reuse):
             raise BadInput(f"bet_reuse_run must be the output_dir of a finished BET run, got {reuse!r} (no such folder)")
-        if method != "bet" or config["bet_retrain_columns"] != "choose" or config["bet_retrain_init"] != "pretrained" \
-                or config["memory_budget"] is not None:
-            raise BadInput("bet_reuse_run adds bet_retrain_columns: choose's training to a finished run, so it needs "
-                           "--method=bet --bet_retrain_columns=choose with bet_retrain_init: pretrained and no "
-                           "memory_budget")
+        adds_choose = config["bet_retrain_columns"] == "choose" and config["bet_retrain_init"] == "pretrained" \
+            and config["memory_budget"] is None
+        if method != "bet" or not (adds_choose or config["bet_retrain_pick"] == "fittest_and_anchors"):
+            raise BadInput("bet_reuse_run adds trainings to a finished BET run: bet_retrain_columns: choose's (with "
+                           "bet_retrain_init: pretrained and no memory_budget) or bet_retrain_pick: "
+                           "fittest_and_anchors's, so it needs --method=bet with one of them")
     anchors = anchor_names(config)
     unknown = [name for name in anchors if name not in ONE_SIZE_PER_SIDE]
     if unknown or len(set(anchors)) != len(anchors):

@@ -3,6 +3,7 @@ failures, builds tables; works from an installed copy. tests/test_grid_ray.py ru
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import pytest
 import yaml
 from scipy.stats import ttest_rel
 
-from recbole_bet.grid.cells import cell_state, grid_cells
-from recbole_bet.grid.load import load_grid
+from recbole_bet.grid.cells import cell_state, grid_cells, shown
+from recbole_bet.grid.load import GridError, load_grid
 from recbole_bet.grid.stats import plotted_labels, significance, variants_against_bet, wins_ties_losses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -533,7 +534,7 @@ def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tm
     assert reusable(grid_cells(load_grid(path))[1])
     refused = _run(f"--grid={path}", "--reuse-search")
     assert refused.returncode == 1 and "FAILED (exit 2)" in _status_line(refused.stdout, "/bet/0.9/")
-    assert "so it needs --method=bet --bet_retrain_columns=choose" in refused.stderr
+    assert "bet_reuse_run adds trainings to a finished BET run" in refused.stderr
     assert json.loads((bet.dir / "report.json").read_text()) == before
     assert json.loads((bet.dir / "cell.json").read_text())["wall_s_total"] == wall
     spec["config"] = tiny_config  # the default, choose
@@ -560,3 +561,49 @@ def test_reuse_search_adds_choose_to_finished_bet_cells_and_their_prefix_rows(tm
     assert not reusable(bet)
     third = _run(f"--grid={path}", "--reuse-search")
     assert "skipped" in _status_line(third.stdout, "/bet/0.9/") and third.returncode == 0
+
+
+def test_reuse_from_extends_another_grids_finished_bet_cells(tmp_path):
+    """A label with `reuse_from: {grid, label}` runs each new cell with --bet_reuse_run on that grid's finished cell
+    of the same dataset, model, sparsity and seed (here: bet_retrain_pick=fittest_and_anchors on a fittest run, which
+    adds the es-users anchor the quick profile's search left out of its top 1); cell.json names the source and its
+    wall time counts the source's. Without the source on disk the cell would run afresh."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    base = {**yaml.safe_load(TINY.read_text()), "config": {"epochs": 2, "bet_retrain_top_k": 1},
+            "output_root": str(runs / "first"), "results_dir": str(results)}
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({**base, "name": "first", "methods": ["bet"]}))
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({**base, "name": "second", "output_root": str(runs / "second"), "methods": [
+        {"label": "bet-anchors", "method": "bet", "config": {"bet_retrain_pick": "fittest_and_anchors"},
+         "reuse_from": {"grid": "first", "label": "bet"}}]}))
+    (cell,) = grid_cells(load_grid(second))
+    assert cell.reuse_source == runs / "first" / "ml-100k" / "LightGCN" / "bet" / "0.9" / "seed2020"
+    assert cell_state(cell) == "new"  # no source yet
+    done = _run(f"--grid={first}", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert cell_state(cell) == "extend"
+    dry = _run(f"--grid={second}", "--dry-run")
+    assert "would extend the finished run in" in _status_line(dry.stdout, cell.id) and "--bet_reuse_run=" in dry.stdout
+    extended = _run(f"--grid={second}", timeout=600)
+    assert extended.returncode == 0, extended.stdout + extended.stderr[-3000:]
+    assert "extended" in _status_line(extended.stdout, cell.id)
+    source = json.loads((cell.reuse_source / "report.json").read_text())
+    report = json.loads((cell.dir / "report.json").read_text())
+    assert report["search"]["reused_from"] == shown(cell.reuse_source, cell.grid.workdir)
+    assert [e["t"] for e in report["search"]["retrained"]][:1] == [e["t"] for e in source["search"]["retrained"]]
+    assert len(report["search"]["retrained"]) == 2 and report["search"]["retrained"][1]["t"] == 0  # the anchor
+    info = json.loads((cell.dir / "cell.json").read_text())
+    source_wall = json.loads((cell.reuse_source / "cell.json").read_text())["wall_s_total"]
+    assert info["args"] == cell.run_args() and info["reused"]["wall_s_from"] == source_wall
+    assert info["wall_s_total"] == pytest.approx(source_wall + info["wall_s"], abs=1e-3)
+    assert "skipped" in _status_line(_run(f"--grid={second}").stdout, cell.id)
+
+
+def test_reuse_from_must_name_a_grid_and_label_of_bet_cells(tmp_path):
+    path = tmp_path / "g.yaml"
+    for methods, message in (([{"method": "es", "reuse_from": {"grid": "a", "label": "es"}}], "method es has none"),
+                             ([{"method": "bet", "reuse_from": "a/bet"}], "must be {grid: NAME, label: LABEL}")):
+        path.write_text(yaml.safe_dump({**yaml.safe_load(TINY.read_text()), "methods": methods}))
+        with pytest.raises(GridError, match=re.escape(message)):
+            load_grid(path)

@@ -299,17 +299,42 @@ def test_retraining_the_fittest_and_every_anchor():
     assert [m.t for m in SearchState(population=sampled).top_and_anchors(2)] == [3, 4]  # no anchors: top-k
 
 
-def test_bet_retrains_its_anchors_when_asked_through_the_cli(tmp_path):
+def test_bet_retrains_its_anchors_when_asked_and_a_fittest_run_can_be_extended(tmp_path):
     """The quick profile probes es-users at t = 0; with one action to retrain, fittest_and_anchors retrains the
-    fittest action and the anchor too (unless the anchor is the fittest), and the choice is over both."""
-    report = quick_bet_report(tmp_path, "--bet_retrain_pick=fittest_and_anchors", "--bet_retrain_top_k=1")
-    search = report["search"]
+    fittest action and the anchor too, and the choice is over both. bet_reuse_run with it on a finished fittest run
+    (the same seed and keys) retrains only the anchor that run left out and chooses again: the report is the fresh
+    run's. A run that would add nothing is refused."""
+    common = ("--model=LightGCN", "--dataset=ml-100k", f"--config_files={QUICK}", "--epochs=2", "--method=bet",
+              "--sparsity=0.9", "--bet_retrain_top_k=1", f"--pretrain_cache_dir={tmp_path / 'cache'}")
+    runs = {}
+    for name, keys in (("fresh", ["--bet_retrain_pick=fittest_and_anchors"]), ("fittest", []),
+                       ("reused", ["--bet_retrain_pick=fittest_and_anchors", f"--bet_reuse_run={tmp_path / 'fittest'}"])):
+        proc = run_cli(*common, *keys, f"--output_dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = json.loads((tmp_path / name / "report.json").read_text())
+    fresh, fittest, reused = runs["fresh"], runs["fittest"], runs["reused"]
+    search = fresh["search"]
     assert search["retrain_pick"] == "fittest_and_anchors"
-    fittest = max(search["iterations"], key=lambda it: (it["fitness"], -it["t"]))
-    anchor = next(it for it in search["iterations"] if it.get("anchor") == "es-users")
-    expected = [fittest["t"]] + ([] if fittest["t"] == anchor["t"] else [anchor["t"]])
-    assert [e["t"] for e in search["retrained"]] == expected
-    assert report["kept_params"] <= report["budget_params"]
+    fittest_t = max(search["iterations"], key=lambda it: (it["fitness"], -it["t"]))["t"]
+    anchor_t = next(it["t"] for it in search["iterations"] if it.get("anchor") == "es-users")
+    assert fittest_t != anchor_t  # seed 2020: the anchor is not the fittest, so it is added
+    assert [e["t"] for e in search["retrained"]] == [fittest_t, anchor_t]
+    assert [e["t"] for e in fittest["search"]["retrained"]] == [fittest_t]
+    assert fresh["kept_params"] <= fresh["budget_params"]
+    assert reused["search"]["reused_from"] == str(tmp_path / "fittest")
+    assert reused["search"]["retrain_pick"] == "fittest_and_anchors"
+    for key in ("retrained", "chosen", "columns_choice"):
+        assert reused["search"].get(key) == fresh["search"].get(key), key
+    timeless = [[{k: v for k, v in it.items() if k != "seconds"} for it in r["search"]["iterations"]]
+                for r in (reused, fresh)]
+    assert timeless[0] == timeless[1]
+    assert (reused["valid"], reused["test"], reused["sizes"]) == (fresh["valid"], fresh["test"], fresh["sizes"])
+    labels = {name: [t["label"] for t in r["trainings"]] for name, r in runs.items()}
+    # the finished run's trainings, then the anchor's and (it won here) choose's once more on it
+    assert search["chosen"] == 1 and labels["reused"] == labels["fittest"] + labels["fresh"][len(labels["fittest"]) - 1:]
+    again = run_cli(*common, "--bet_retrain_pick=fittest_and_anchors", f"--bet_reuse_run={tmp_path / 'reused'}",
+                    f"--output_dir={tmp_path / 'twice'}")
+    assert again.returncode == 2 and "would add nothing" in again.stderr.splitlines()[-1]
 
 
 def quick_bet_report(tmp_path, *keys, model="LightGCN", epochs=2, config_files=QUICK) -> dict:

@@ -69,6 +69,16 @@ class Cell:
         return args
 
     @property
+    def reuse_source(self) -> Path | None:
+        """The finished cell of ``reuse_from`` (the spec's {grid, label}) with this cell's dataset, model, sparsity
+        and seed, in that grid's folder beside this grid's output_root; None without ``reuse_from``."""
+        source = self.spec.reuse_from
+        if not source:
+            return None
+        return self.grid.output_root.parent / source["grid"] / self.dataset / self.model / source["label"] / \
+            fmt_sparsity(self.sparsity) / f"seed{self.seed}"
+
+    @property
     def parked_dir(self) -> Path:
         """Where ``grid --park`` keeps this cell's checkpoint: under the results folder, which is committed, so an
         interrupted cell resumes on another machine or in a fresh clone (run folders are not committed)."""
@@ -100,7 +110,7 @@ def select_cells(cells: list, only: list) -> list:
 def cell_state(cell: Cell) -> str:
     """done (report.json exists), reuse (done, but ``--reuse-search`` adds choose's training: ``reusable``), resume
     (interrupted BET run with a checkpoint), rerun (a leftover directory without report: deleted first), parked (no
-    run folder, a checkpoint parked by ``--park``), new."""
+    run folder, a checkpoint parked by ``--park``), extend (new, and its ``reuse_from`` cell has finished here), new."""
     if cell.report_path.is_file():
         return "reuse" if cell.reuse_search and reusable(cell) else "done"
     if cell.dir.exists():
@@ -109,6 +119,8 @@ def cell_state(cell: Cell) -> str:
         return "rerun"
     if cell.spec.method == "bet" and (cell.parked_dir / CHECKPOINT).is_file():
         return "parked"
+    if cell.reuse_source is not None and (cell.reuse_source / "report.json").is_file():
+        return "extend"
     return "new"
 
 

@@ -70,7 +70,8 @@ def _skip_committed(grid, cells: list) -> list:
     committed = set()
     for dataset in grid.datasets:
         committed |= set(previous_rows(grid.results_dir / f"{dataset}.csv"))
-    skipped = [c for c in cells if c.dir_arg in committed and cell_state(c) == "new"]  # a leftover folder reruns
+    # a leftover folder reruns
+    skipped = [c for c in cells if c.dir_arg in committed and cell_state(c) in ("new", "extend")]
     if skipped:
         print(f"{len(skipped)} cell(s) already have a row in {shown(grid.results_dir)}/<dataset>.csv but no run folder "
               f"here: skipped as finished (delete a row there to run its cell again)", flush=True)

@@ -41,6 +41,8 @@ class MethodSpec:
     config: dict = field(default_factory=dict)
     models: list | None = None  # the grid's models this label runs on; None: all of them
     seeds: list | None = None  # the grid's seeds this label runs on; None: all of them
+    # BET only: {grid, label} of finished cells (same dataset, model, sparsity, seed) whose search a new cell reuses
+    reuse_from: dict | None = None
 
 
 @dataclass
@@ -155,10 +157,10 @@ def _method_spec(entry, path) -> MethodSpec:
     if isinstance(entry, str):
         spec = MethodSpec(entry, entry)
     elif isinstance(entry, dict):
-        unknown = set(entry) - {"label", "method", "config", "models", "seeds"}
+        unknown = set(entry) - {"label", "method", "config", "models", "seeds", "reuse_from"}
         if unknown or "method" not in entry:
-            raise GridError(f"{path}: a method mapping needs `method` and may have `label`, `config`, `models` and "
-                            f"`seeds`; got {entry!r}")
+            raise GridError(f"{path}: a method mapping needs `method` and may have `label`, `config`, `models`, "
+                            f"`seeds` and `reuse_from`; got {entry!r}")
         where = f"{path}: method {entry.get('label', entry['method'])}"
         models = entry.get("models")
         if models is not None and (not isinstance(models, list) or not models
@@ -166,13 +168,28 @@ def _method_spec(entry, path) -> MethodSpec:
             raise GridError(f"{where}: `models` must be a non-empty list of the grid's models, e.g. [NeuMF]")
         seeds = _list(entry, "seeds", int, where) if entry.get("seeds") is not None else None
         spec = MethodSpec(str(entry.get("label", entry["method"])), str(entry["method"]),
-                          _check_config(entry.get("config"), where), models, seeds)
+                          _check_config(entry.get("config"), where), models, seeds,
+                          _reuse_from(entry.get("reuse_from"), entry["method"], where))
     else:
         raise GridError(f"{path}: each method is a name (bet) or a mapping {{label, method, config, models, seeds}}; "
                         f"got {entry!r}")
     if not LABEL.match(spec.label):
         raise GridError(f"{path}: method label {spec.label!r} must be letters, digits, '.', '_', '+' or '-'")
     return spec
+
+
+def _reuse_from(value, method, where) -> dict | None:
+    """``reuse_from: {grid, label}``: the cells of another grid (in the folder beside this grid's output_root) whose
+    finished BET runs this label's new cells extend with ``--bet_reuse_run`` instead of searching again."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"grid", "label"} \
+            or not all(isinstance(v, str) and LABEL.match(v) for v in value.values()):
+        raise GridError(f"{where}: `reuse_from` must be {{grid: NAME, label: LABEL}}, the grid and method label of the "
+                        f"finished BET cells to reuse, e.g. {{grid: ml100k-ngcf-neumf-3seeds, label: bet}}; got {value!r}")
+    if method != "bet":
+        raise GridError(f"{where}: `reuse_from` extends finished BET runs (bet_reuse_run); method {method} has none")
+    return dict(value)
 
 
 def _norm_paper(paper, path) -> dict:

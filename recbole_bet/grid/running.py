@@ -147,6 +147,8 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     resumed, earlier, note = False, 0.0, ""
     if state == "reuse":
         return _reuse(cell, args, extra_args, die_with_parent, host)
+    if state == "extend":
+        return _extend(cell, args, extra_args, die_with_parent, host, started)
     if state == "rerun":
         _safe_rmtree(cell)
     if state == "parked":
@@ -167,19 +169,24 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     if code != 0 or not cell.report_path.is_file():
         _add_partial(cell, seconds)  # a BET cell that crashed after a checkpoint resumes next time
         return Outcome("failed", seconds, code, resumed, tail(err), err, note, host)
-    record = {"cell": cell.id, "grid": cell.grid.name, "label": cell.spec.label, "method": cell.spec.method,
-              "args": args, "command": shlex.join(command_for([*args, *extra_args])),
-              "resumed": resumed, "started": started,
-              "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "wall_s": round(seconds, 3), "wall_s_total": round(earlier + seconds, 3), "returncode": code,
-              "host": host}
-    if extra_args:
-        record["extra_args"] = list(extra_args)
+    record = _record(cell, args, extra_args, resumed, started, seconds, earlier + seconds, code, host)
     (cell.dir / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
     if (cell.dir / PARTIAL).exists():
         (cell.dir / PARTIAL).unlink()
     drop_parked(cell)  # finished: its parked checkpoint would only resume a done cell
     return Outcome("done", seconds, code, resumed, log=err, note=note, host=host)
+
+
+def _record(cell: Cell, args, extra_args, resumed, started, seconds, total, code, host) -> dict:
+    """cell.json of a finished cell."""
+    record = {"cell": cell.id, "grid": cell.grid.name, "label": cell.spec.label, "method": cell.spec.method,
+              "args": args, "command": shlex.join(command_for([*args, *extra_args])),
+              "resumed": resumed, "started": started,
+              "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "wall_s": round(seconds, 3), "wall_s_total": round(total, 3), "returncode": code, "host": host}
+    if extra_args:
+        record["extra_args"] = list(extra_args)
+    return record
 
 
 def _reuse(cell: Cell, args: list, extra_args, die_with_parent, host: str) -> Outcome:
@@ -200,6 +207,40 @@ def _reuse(cell: Cell, args: list, extra_args, die_with_parent, host: str) -> Ou
     if (cell.dir / PARTIAL).exists():
         (cell.dir / PARTIAL).unlink()
     return Outcome("done", seconds, code, False, log=err, note="search reused, choose's training added", host=host)
+
+
+def source_arg(cell: Cell) -> str:
+    """The ``reuse_from`` cell's folder as the cell's command (run in the grid's workdir) is given it."""
+    return shown(cell.reuse_source, cell.grid.workdir)
+
+
+def _extend(cell: Cell, args: list, extra_args, die_with_parent, host: str, started: str) -> Outcome:
+    """A new cell whose ``reuse_from`` cell has finished here: run with ``--bet_reuse_run`` on that folder, which keeps
+    its search and retrainings and adds what this cell's keys add. cell.json records the source and counts its wall
+    time in ``wall_s_total`` (what the cell cost from scratch). Refused (another configuration): run afresh."""
+    source = source_arg(cell)
+    code, seconds, err = _launch(cell, args + [f"--bet_reuse_run={source}"], extra_args, die_with_parent)
+    note, earlier, reused = f"extended {source}", 0.0, None
+    if code == 0 and cell.report_path.is_file():
+        before = load_json(cell.reuse_source / "cell.json") or {}
+        earlier = before.get("wall_s_total", before.get("wall_s", 0.0)) or 0.0
+        reused = {"from": source, "wall_s_from": earlier}
+    else:
+        if code == 2:  # refused: its search cannot stand for this cell's
+            note = f"reusing {source} refused, started over"
+            if cell.dir.exists():
+                _safe_rmtree(cell)
+            code, more, err = _launch(cell, args, extra_args, die_with_parent)
+            seconds += more
+        if code != 0 or not cell.report_path.is_file():
+            _add_partial(cell, seconds)
+            return Outcome("failed", seconds, code, False, tail(err), err, note, host)
+    record = _record(cell, args, extra_args, False, started, seconds, earlier + seconds, code, host)
+    if reused is not None:
+        record["reused"] = dict(reused, command=shlex.join(command_for([*args, f"--bet_reuse_run={source}",
+                                                                          *extra_args])))
+    (cell.dir / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
+    return Outcome("done", seconds, code, False, log=err, note=note, host=host)
 
 
 def status_prefix(i: int, n: int, cell: Cell) -> str:
@@ -229,9 +270,11 @@ def describe(cells: list) -> dict:
         what = {"new": "would run", "reuse": "would add choose's training, reusing its search (--bet_reuse_run)",
                 "rerun": "would rerun (leftover directory without report.json is deleted)",
                 "resume": "would resume (--resume, interrupted BET run)",
-                "parked": f"would resume from the checkpoint parked in {shown(cell.parked_dir)}"}[state]
+                "parked": f"would resume from the checkpoint parked in {shown(cell.parked_dir)}",
+                "extend": f"would extend the finished run in {shown(cell.reuse_source)} (--bet_reuse_run)"}[state]
         print(line + what)
-        print(f"      python {' '.join(CELL_COMMAND)} {shlex.join(cell.run_args())}", flush=True)
+        args = cell.run_args() + ([f"--bet_reuse_run={source_arg(cell)}"] if state == "extend" else [])
+        print(f"      python {' '.join(CELL_COMMAND)} {shlex.join(args)}", flush=True)
         counts[state] = counts.get(state, 0) + 1
     return counts
 

@@ -160,23 +160,59 @@ class BET(Method):
 
 
 def select_reusing(ctx, folder: str) -> Selection:
-    """``bet_reuse_run``: the finished run's search and top-k retrainings as they were, then ``choose``'s one
-    training. The report is the one a fresh ``choose`` run writes (its trainings and timings add the finished run's
-    to this one's), with ``reused_from`` naming the folder."""
+    """``bet_reuse_run``: the finished run's search and top-k retrainings as they were, then what this configuration
+    adds (``reuse.additions``): the anchors the finished run did not retrain, each retrained as its top actions were
+    and the choice made again over all of them, and ``choose``'s one training on the action chosen. The report is
+    the one a fresh run of this configuration writes (its trainings and timings add the finished run's to this
+    one's), with ``reused_from`` naming the folder."""
+    config = ctx.config
     run = reuse.finished_run(ctx, folder)
     old = run["report"]
+    old_search = old["search"]
     pre_state, _, pretrain_s = pretrained(ctx)
     ctx.trainings[:] = list(old.get("trainings") or [])
     start = perf_counter()
     evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
-    first = old["search"]["retrained"][old["search"]["chosen"]]
-    weights, valid, keep, columns_choice = choose_columns(ctx, pre_state, run["sizes"], run["weights"], old["valid"],
-                                                          evaluate_test, valid_quality=first["valid_quality"])
+    entries = [dict(e) for e in old_search["retrained"]]
+    chosen = old_search["chosen"]
+    sizes, weights, valid = run["sizes"], run["weights"], old["valid"]
+    columns_choice = old_search.get("columns_choice")
+    kept_largest = (old_search.get("retrain_columns") == "magnitude"
+                    or (columns_choice or {}).get("kept") == "magnitude")
+    keep = largest_entries(ctx, pre_state)(sizes) if kept_largest else None
+    if "anchors" in run["adds"]:
+        retrained_t = {e["t"] for e in entries}
+        anchor_sizes = dict(anchor_actions(ctx))
+        train, keep_of = retrainer(ctx, pre_state), retrain_keep(ctx, pre_state)
+        user_share = {it["t"]: it.get("user_share") for it in old_search["iterations"]}
+        for it in old_search["iterations"]:
+            # retrained already under its own t; a sampled action equal to an anchor in every entry would be one
+            # action a fresh run retrains once, but the report keeps no sampled sizes to compare
+            if it.get("anchor") is None or it["t"] in retrained_t:
+                continue
+            getLogger().info(f"retraining anchor {it['anchor']} (search fitness {it['fitness']:.4f}), which the "
+                             f"finished run {folder} did not retrain")
+            member = Member(it["t"], it["strategy"], anchor_sizes[it["anchor"]], None, it["fitness"],
+                            it.get("predicted_fitness"), it["kept_params"], it.get("seconds", 0.0), it["anchor"])
+            a_weights, a_valid, _ = train(member.sizes)
+            entry = retrained_entry(member, a_valid)
+            if evaluate_test is not None:  # reported only; the choice is on validation
+                entry["test"] = pick(evaluate_test())
+            if entry["valid_quality"] > entries[chosen]["valid_quality"]:  # ties keep the earlier, as a fresh run
+                chosen, sizes, weights, valid = len(entries), member.sizes, a_weights, entry["valid"]
+                keep, columns_choice = (None if keep_of is None else keep_of(sizes)), None
+            entries.append(dict(entry, valid=pick(entry["valid"]), user_share=user_share.get(it["t"])))
+    if chooses_columns(config) and columns_choice is None:
+        weights, valid, keep, columns_choice = choose_columns(ctx, pre_state, sizes, weights, valid, evaluate_test,
+                                                              valid_quality=entries[chosen]["valid_quality"])
     timings = dict(old.get("timings_s") or {})
     timings["pretrain"] = timings.get("pretrain", 0.0) + pretrain_s
     timings["retrain"] = timings.get("retrain", 0.0) + perf_counter() - start
-    search = dict(old["search"], retrain_columns="choose", columns_choice=columns_choice, reused_from=folder)
-    return Selection(run["sizes"], weights, valid, search,
+    search = dict(old_search, retrained=entries, chosen=chosen, retrain_columns=config["bet_retrain_columns"],
+                  retrain_pick=config["bet_retrain_pick"], reused_from=folder)
+    if columns_choice is not None:
+        search["columns_choice"] = columns_choice
+    return Selection(sizes, weights, valid, search,
                      {k: timings.get(k, 0.0) for k in ("pretrain", "search", "retrain")}, keep=keep)
 
 

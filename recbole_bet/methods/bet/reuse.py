@@ -1,6 +1,7 @@
-"""``bet_reuse_run``: a finished BET run whose top actions were retrained with their first columns, read back so that
-``bet_retrain_columns: choose`` adds only its one training (the chosen action with its rows' largest pretrained
-entries) instead of repeating the search and the top-k retrainings.
+"""``bet_reuse_run``: a finished BET run read back so that a run of a configuration that only adds trainings to it
+repeats neither its search nor its top-k retrainings. Two things can be added: ``bet_retrain_columns: choose``'s one
+training (the chosen action with its rows' largest pretrained entries) to a run that kept first columns, and
+``bet_retrain_pick: fittest_and_anchors``'s retrainings of the anchors that a ``fittest`` run did not retrain.
 
 What makes the two runs the same experiment: the pretrained model comes from the cache by the same keys, every
 training reseeds from the run's seed (``RunContext.reseed``), so the chosen action's extra training is the one a
@@ -21,7 +22,7 @@ from recbole_bet.masking import plain_state_dict
 from recbole_bet.methods.bet.checkpoint import LATER_KEYS_DEFAULTS
 
 # keys that may differ: where and how the runs ran, and what this reuse adds
-IGNORED_KEYS = PLACEMENT_KEYS | {"bet_retrain_columns", "bet_reuse_run"}
+IGNORED_KEYS = PLACEMENT_KEYS | {"bet_retrain_columns", "bet_retrain_pick", "bet_reuse_run"}
 
 
 def _read_json(path: str, folder: str) -> dict:
@@ -49,17 +50,28 @@ def differences(then: dict, now: dict) -> list:
 
 
 def finished_run(ctx, folder: str) -> dict:
-    """The finished run in ``folder``, checked against this one: its report, and its chosen action's sizes and
-    weights loaded from its artifact (the model the first columns gave; exact, the artifact stores float32)."""
+    """The finished run in ``folder``, checked against this one: its report, its chosen model's sizes and weights
+    loaded from its artifact (exact, the artifact stores float32), and what this run adds (``additions``)."""
     config = ctx.config
     report = _read_json(os.path.join(folder, "report.json"), folder)
     recorded = _read_json(os.path.join(folder, "run_config.json"), folder)
     search = report.get("search") or {}
     if report.get("method") != "bet" or not search.get("retrained"):
         raise BadInput(f"bet_reuse_run={folder}: not a finished BET run (its report has no retrained actions)")
-    if search.get("retrain_columns", "prefix") != "prefix" or search.get("columns_choice"):
-        raise BadInput(f"bet_reuse_run={folder}: that run retrained with bet_retrain_columns: "
-                       f"{search.get('retrain_columns')}; only a run that kept first columns (prefix) can be reused")
+    then_columns, now_columns = search.get("retrain_columns", "prefix"), config["bet_retrain_columns"]
+    then_pick, now_pick = search.get("retrain_pick", "fittest"), config["bet_retrain_pick"]
+    adds = additions(config, search)
+    if now_columns != then_columns and "choose" not in adds:
+        raise BadInput(f"bet_reuse_run={folder}: that run retrained with bet_retrain_columns: {then_columns}, this one "
+                       f"asks for {now_columns}; only a run that kept first columns (prefix) can be reused for choose")
+    if now_pick != then_pick and "anchors" not in adds:
+        raise BadInput(f"bet_reuse_run={folder}: that run retrained bet_retrain_pick: {then_pick} "
+                       f"(bet_retrain_schedule: {search.get('retrain_schedule', 'top_k')}), this one asks for "
+                       f"{now_pick}: only a top_k run of fittest can be extended, to fittest_and_anchors")
+    if not adds:
+        raise BadInput(f"bet_reuse_run={folder}: this run would add nothing to it (it already retrained with "
+                       f"bet_retrain_columns: {then_columns} and bet_retrain_pick: {then_pick}); reuse a run that "
+                       "kept first columns (prefix) for choose, or one of fittest for fittest_and_anchors")
     now = json.loads(json.dumps(config.external_config_dict, default=str))
     differ = differences(recorded.get("config") or {}, now)
     if recorded.get("model") != config["model"] or differ:
@@ -71,4 +83,19 @@ def finished_run(ctx, folder: str) -> dict:
                        f"is {ctx.budget.budget_params} (a memory_budget counts choose's column index): run it afresh")
     load_artifact(os.path.join(folder, "table.npz"), ctx.model, ctx.masked, config["model"],
                   config["dataset"].split("/")[-1])
-    return {"report": report, "sizes": np.asarray(ctx.masked.sizes).copy(), "weights": plain_state_dict(ctx.model)}
+    return {"report": report, "sizes": np.asarray(ctx.masked.sizes).copy(), "weights": plain_state_dict(ctx.model),
+            "adds": adds}
+
+
+def additions(config, search: dict) -> set:
+    """What this run adds to a finished run's ``search``: "choose" (``bet_retrain_columns: choose``'s training, to a
+    run that kept first columns and made no choice) and "anchors" (the anchors a ``fittest`` run left out, for
+    ``fittest_and_anchors``); an empty set when it would add nothing."""
+    adds = set()
+    if (config["bet_retrain_columns"] == "choose" and search.get("retrain_columns", "prefix") == "prefix"
+            and not search.get("columns_choice")):
+        adds.add("choose")
+    if config["bet_retrain_pick"] == "fittest_and_anchors" and search.get("retrain_pick", "fittest") == "fittest" \
+            and search.get("retrain_schedule", "top_k") == "top_k":
+        adds.add("anchors")
+    return adds
