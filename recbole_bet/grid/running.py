@@ -267,11 +267,14 @@ def describe(cells: list) -> dict:
             print(line + skip_line(cell), flush=True)
             counts["skipped"] = counts.get("skipped", 0) + 1
             continue
-        what = {"new": "would run", "reuse": "would add choose's training, reusing its search (--bet_reuse_run)",
-                "rerun": "would rerun (leftover directory without report.json is deleted)",
-                "resume": "would resume (--resume, interrupted BET run)",
-                "parked": f"would resume from the checkpoint parked in {shown(cell.parked_dir)}",
-                "extend": f"would extend the finished run in {shown(cell.reuse_source)} (--bet_reuse_run)"}[state]
+        if state == "parked":
+            what = f"would resume from the checkpoint parked in {shown(cell.parked_dir)}"
+        elif state == "extend":
+            what = f"would extend the finished run in {shown(cell.reuse_source)} (--bet_reuse_run)"
+        else:
+            what = {"new": "would run", "reuse": "would add choose's training, reusing its search (--bet_reuse_run)",
+                    "rerun": "would rerun (leftover directory without report.json is deleted)",
+                    "resume": "would resume (--resume, interrupted BET run)"}[state]
         print(line + what)
         args = cell.run_args() + ([f"--bet_reuse_run={source_arg(cell)}"] if state == "extend" else [])
         print(f"      python {' '.join(CELL_COMMAND)} {shlex.join(args)}", flush=True)
