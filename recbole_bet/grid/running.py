@@ -147,10 +147,11 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     resumed, earlier, note = False, 0.0, ""
     if state == "reuse":
         return _reuse(cell, args, extra_args, die_with_parent, host)
-    if state == "extend":
-        return _extend(cell, args, extra_args, die_with_parent, host, started)
     if state == "rerun":
         _safe_rmtree(cell)
+        state = cell_state(cell)  # the leftover of a failed extension extends again
+    if state == "extend":
+        return _extend(cell, args, extra_args, die_with_parent, host, started)
     if state == "parked":
         unpark(cell)
         state = "resume"
