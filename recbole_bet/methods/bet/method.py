@@ -175,11 +175,8 @@ def select_reusing(ctx, folder: str) -> Selection:
     evaluate_test = None if ctx.test_data is None else (lambda: ctx.evaluate(ctx.test_data))
     entries = [dict(e) for e in old_search["retrained"]]
     chosen = old_search["chosen"]
-    sizes, weights, valid = run["sizes"], run["weights"], old["valid"]
+    sizes, weights, valid, keep = run["sizes"], run["weights"], old["valid"], run["keep"]
     columns_choice = old_search.get("columns_choice")
-    kept_largest = (old_search.get("retrain_columns") == "magnitude"
-                    or (columns_choice or {}).get("kept") == "magnitude")
-    keep = largest_entries(ctx, pre_state)(sizes) if kept_largest else None
     if "anchors" in run["adds"]:
         retrained_t = {e["t"] for e in entries}
         anchor_sizes = dict(anchor_actions(ctx))

@@ -83,8 +83,9 @@ def finished_run(ctx, folder: str) -> dict:
                        f"is {ctx.budget.budget_params} (a memory_budget counts choose's column index): run it afresh")
     load_artifact(os.path.join(folder, "table.npz"), ctx.model, ctx.masked, config["model"],
                   config["dataset"].split("/")[-1])
+    keep = ctx.masked.keep  # the element mask of a model that kept its rows' largest entries, as exported
     return {"report": report, "sizes": np.asarray(ctx.masked.sizes).copy(), "weights": plain_state_dict(ctx.model),
-            "adds": adds}
+            "keep": None if keep is None else keep.copy(), "adds": adds}
 
 
 def additions(config, search: dict) -> set:
