@@ -585,9 +585,15 @@ def test_reuse_from_extends_another_grids_finished_bet_cells(tmp_path):
     assert cell_state(cell) == "extend"
     dry = _run(f"--grid={second}", "--dry-run")
     assert "would extend the finished run in" in _status_line(dry.stdout, cell.id) and "--bet_reuse_run=" in dry.stdout
+    cell.dir.mkdir(parents=True)  # what a failed extension leaves: deleted, then the cell extends all the same
+    (cell.dir / "stale.txt").write_text("left by a failed attempt")
+    assert cell_state(cell) == "rerun"
+    dry = _run(f"--grid={second}", "--dry-run")
+    assert "would extend the finished run in" in _status_line(dry.stdout, cell.id) and "leftover" in dry.stdout
+    assert "--bet_reuse_run=" in dry.stdout
     extended = _run(f"--grid={second}", timeout=600)
     assert extended.returncode == 0, extended.stdout + extended.stderr[-3000:]
-    assert "extended" in _status_line(extended.stdout, cell.id)
+    assert "extended" in _status_line(extended.stdout, cell.id) and not (cell.dir / "stale.txt").exists()
     source = json.loads((cell.reuse_source / "report.json").read_text())
     report = json.loads((cell.dir / "report.json").read_text())
     assert report["search"]["reused_from"] == shown(cell.reuse_source, cell.grid.workdir)
@@ -607,3 +613,25 @@ def test_reuse_from_must_name_a_grid_and_label_of_bet_cells(tmp_path):
         path.write_text(yaml.safe_dump({**yaml.safe_load(TINY.read_text()), "methods": methods}))
         with pytest.raises(GridError, match=re.escape(message)):
             load_grid(path)
+
+
+def test_a_bet_cell_whose_checkpoint_is_refused_starts_over(tmp_path):
+    """A damaged checkpoint (the run exits 2 on --resume) is deleted with its folder and the cell runs from scratch;
+    cell.json records a fresh attempt, not a resumed one."""
+    spec = yaml.safe_load(TINY.read_text())
+    spec.update(name="refused", methods=["bet"], output_root=str(tmp_path / "runs"), results_dir=str(tmp_path / "res"))
+    spec["config"] = {**spec.get("config", {}), "bet_iterations": 2, "bet_candidates": 4, "bet_retrain_top_k": 1,
+                      "epochs": 2}
+    path = tmp_path / "refused.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    (cell,) = grid_cells(load_grid(path, workdir=REPO))
+    cell.dir.mkdir(parents=True)
+    (cell.dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert cell_state(cell) == "resume"
+    done = _run(f"--grid={path}", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    line = _status_line(done.stdout, cell.id)
+    assert "resume refused, started over" in line and "done" in line
+    info = json.loads((cell.dir / "cell.json").read_text())
+    assert info["resumed"] is False and not (cell.dir / "checkpoint.pt").exists()
+    assert json.loads((cell.dir / "report.json").read_text())["search"]["iterations"]

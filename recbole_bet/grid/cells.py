@@ -119,9 +119,12 @@ def cell_state(cell: Cell) -> str:
         return "rerun"
     if cell.spec.method == "bet" and (cell.parked_dir / CHECKPOINT).is_file():
         return "parked"
-    if cell.reuse_source is not None and (cell.reuse_source / "report.json").is_file():
-        return "extend"
-    return "new"
+    return "extend" if extendable(cell) else "new"
+
+
+def extendable(cell: Cell) -> bool:
+    """Its ``reuse_from`` cell has finished here (a leftover folder of its own is deleted first, then it extends)."""
+    return cell.reuse_source is not None and (cell.reuse_source / "report.json").is_file()
 
 
 def reusable(cell: Cell) -> bool:

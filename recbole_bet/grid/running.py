@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbole_bet.grid.cells import PARTIAL, Cell, cell_state, load_json, shown, stale_note
+from recbole_bet.grid.cells import PARTIAL, Cell, cell_state, extendable, load_json, shown, stale_note
 from recbole_bet.grid.parking import drop_parked, unpark
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -132,6 +132,13 @@ def _safe_rmtree(cell: Cell) -> None:
     shutil.rmtree(target)
 
 
+def _afresh(cell: Cell, args: list, extra_args, die_with_parent):
+    """After a refused resume or reuse: whatever the refused run left is deleted and the cell runs from scratch."""
+    if cell.dir.exists():
+        _safe_rmtree(cell)
+    return _launch(cell, args, extra_args, die_with_parent)
+
+
 def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
     """Run one cell to its report. wall_s in cell.json is this attempt's subprocess time; wall_s_total adds
     the attempts it resumed (recorded in interrupted.json when they stopped). ``extra_args`` reach the
@@ -160,10 +167,8 @@ def run_cell(cell: Cell, extra_args=(), die_with_parent=False) -> Outcome:
         code, seconds, err = _launch(cell, args + [f"--resume={cell.dir_arg}"], extra_args, die_with_parent)
         resumed = code == 0
         if code == 2:  # refused (damaged checkpoint or another configuration): start the cell afresh
-            note = "resume refused, started over"
-            _safe_rmtree(cell)
-            earlier = 0.0
-            code, more, err = _launch(cell, args, extra_args, die_with_parent)
+            note, earlier = "resume refused, started over", 0.0
+            code, more, err = _afresh(cell, args, extra_args, die_with_parent)
             seconds += more
     else:
         code, seconds, err = _launch(cell, args, extra_args, die_with_parent)
@@ -229,9 +234,7 @@ def _extend(cell: Cell, args: list, extra_args, die_with_parent, host: str, star
     else:
         if code == 2:  # refused: its search cannot stand for this cell's
             note = f"reusing {source} refused, started over"
-            if cell.dir.exists():
-                _safe_rmtree(cell)
-            code, more, err = _launch(cell, args, extra_args, die_with_parent)
+            code, more, err = _afresh(cell, args, extra_args, die_with_parent)
             seconds += more
         if code != 0 or not cell.report_path.is_file():
             _add_partial(cell, seconds)
@@ -268,16 +271,18 @@ def describe(cells: list) -> dict:
             print(line + skip_line(cell), flush=True)
             counts["skipped"] = counts.get("skipped", 0) + 1
             continue
+        extends = state == "extend" or (state == "rerun" and extendable(cell))
         if state == "parked":
             what = f"would resume from the checkpoint parked in {shown(cell.parked_dir)}"
-        elif state == "extend":
-            what = f"would extend the finished run in {shown(cell.reuse_source)} (--bet_reuse_run)"
+        elif extends:
+            what = f"would extend the finished run in {shown(cell.reuse_source)} (--bet_reuse_run)" + \
+                (" after deleting the leftover directory without report.json" if state == "rerun" else "")
         else:
             what = {"new": "would run", "reuse": "would add choose's training, reusing its search (--bet_reuse_run)",
                     "rerun": "would rerun (leftover directory without report.json is deleted)",
                     "resume": "would resume (--resume, interrupted BET run)"}[state]
         print(line + what)
-        args = cell.run_args() + ([f"--bet_reuse_run={source_arg(cell)}"] if state == "extend" else [])
+        args = cell.run_args() + ([f"--bet_reuse_run={source_arg(cell)}"] if extends else [])
         print(f"      python {' '.join(CELL_COMMAND)} {shlex.join(args)}", flush=True)
         counts[state] = counts.get(state, 0) + 1
     return counts
