@@ -165,3 +165,30 @@ def test_columns_choice_pairs_each_choose_cell_with_its_first_columns_model(tmp_
     subprocess.run([sys.executable, "benchmarks/columns_choice.py", str(tmp_path / "runs"), f"--out={out}"],
                    cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     assert "| 2022 |" in (tmp_path / "choice.md").read_text()
+
+
+def test_best_on_validation_keeps_the_row_validation_prefers_and_tests_it_against_the_baseline(tmp_path):
+    """Per seed the row with the highest validation NDCG@20 (ties: the first row), its test Recall@20 paired
+    against the baseline's; seeds some row lacks are not read."""
+    head = "dataset,model,method,sparsity,seed,valid_ndcg@20,test_recall@20\n"
+    rows = [("bet", 2020, 0.30, 0.28), ("bet", 2021, 0.31, 0.29), ("bet", 2022, 0.32, 0.30), ("bet", 2023, 0.5, 0.5),
+            ("es-users-warm", 2020, 0.31, 0.27), ("es-users-warm", 2021, 0.31, 0.25), ("es-users-warm", 2022, 0.30, 0.26),
+            ("es", 2020, 0.29, 0.20), ("es", 2021, 0.28, 0.21), ("es", 2022, 0.27, 0.23), ("es", 2023, 0.1, 0.1)]
+    path = tmp_path / "grid.csv"
+    path.write_text(head + "".join(f"ml-100k,LightGCN,{m},0.9,{k},{v},{t}\n" for m, k, v, t in rows)
+                    + "ml-100k,NGCF,bet,0.9,2020,0.9,0.9\n")
+    out = tmp_path / "best"
+    proc = subprocess.run([sys.executable, "benchmarks/best_on_validation.py", str(path), "--model=LightGCN",
+                           "--rows", "bet", "es-users-warm", "--against=es", f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in (tmp_path / "best.md").read_text().splitlines() if l.startswith("| 0.9 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # kept: es-users-warm on 2020 (0.31 > 0.30), bet on 2021 (a tie: the first row) and 2022; 2023 has no es-users-warm
+    assert cells[1:4] == ["3", "es-users-warm, bet, bet", "1"]
+    assert cells[4] == "0.2867" and cells[5] == "0.2900"  # (0.27 + 0.29 + 0.30) / 3, bet's (0.28 + 0.29 + 0.30) / 3
+    assert cells[6] == "+0.0733" and cells[8] == "+0.0767"  # against es's 0.20, 0.21, 0.23
+    assert float(cells[7]) < 0.05 and float(cells[9]) < 0.01
+    missing = subprocess.run([sys.executable, "benchmarks/best_on_validation.py", str(path), "--model=NeuMF",
+                              "--rows", "bet", "--against=es"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no seed has every row" in missing.stderr
