@@ -348,13 +348,16 @@ def quick_bet_report(tmp_path, *keys, model="LightGCN", epochs=2, config_files=Q
 
 
 def test_bet_tied_sides_and_shared_probe_seed_on_neumf(tmp_path):
-    """NeuMF's default (properties/model/NeuMF.yaml) is bet_sides=tied, retrained from scratch: every candidate
-    splits the budget by one distribution over both sides (GMF uses the columns a user and an item both keep), so
-    no probed action puts nearly all of it on one side; the run stays within budget and its report says so. With
-    bet_probe_seed=shared through the CLI (quick profile)."""
+    """NeuMF's default (properties/model/NeuMF.yaml) is bet_sides=tied, retrained from scratch, its anchors
+    retrained beside the fittest: every candidate splits the budget by one distribution over both sides (GMF uses
+    the columns a user and an item both keep), so no probed action puts nearly all of it on one side; the run stays
+    within budget and its report says so. With bet_probe_seed=shared through the CLI (quick profile, whose one
+    anchor, es-users, stands in for NeuMF's es)."""
     report = quick_bet_report(tmp_path, "--bet_probe_seed=shared", model="NeuMF")
     assert report["search"]["sides"] == "tied" and report["config"]["bet_sides"] == "tied"
     assert report["search"]["retrain_init"] == "scratch"
+    assert report["config"]["bet_retrain_pick"] == "fittest_and_anchors"
+    assert 0 in [e["t"] for e in report["search"]["retrained"]]  # the anchor, probed at t = 0, was retrained
     assert report["trainings"][-1]["label"].endswith("from scratch"), report["trainings"][-1]
     assert report["search"]["probe_seed"] == "shared"
     sampled = [it for it in report["search"]["iterations"] if "anchor" not in it]  # the quick profile's anchor is one-sided
