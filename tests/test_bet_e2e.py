@@ -32,7 +32,11 @@ def _check_search_report(report, config_t=3, top_k=2):
         assert it["kept_params"] <= report["budget_params"]
         assert 0 < it["fitness"] and np.isfinite(it["predicted_fitness"]) and 0 <= it["user_share"] <= 1
     assert search["max_candidate_kept_params"] <= report["budget_params"]
-    assert len(search["retrained"]) == top_k
+    retrained = [r["t"] for r in search["retrained"]]
+    if report["config"]["bet_retrain_pick"] == "fittest_and_anchors":  # NeuMF's default: the anchor (t = 0) as well
+        assert 0 in retrained and len(retrained) == top_k + (0 not in retrained[:top_k])
+    else:
+        assert len(retrained) == top_k
     chosen = search["retrained"][search["chosen"]]
     assert chosen["valid_quality"] == max(r["valid_quality"] for r in search["retrained"])
     assert report["kept_params"] == chosen["kept_params"] <= report["budget_params"]
