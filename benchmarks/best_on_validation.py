@@ -51,7 +51,6 @@ def pick(cells: dict, rows: list, against: str) -> list:
         test = {k: v[1] for k, v in chosen.items()}
         out.append({"sparsity": s, "seeds": seeds, "kept": [rows[kept[k]] for k in seeds],
                     "changed": sum(kept[k] != 0 for k in seeds),
-                    "valid": sum(v[0] for v in chosen.values()) / len(seeds),
                     "test": sum(test.values()) / len(seeds),
                     "first_test": sum(v[1] for v in first.values()) / len(seeds),
                     "vs_against": paired(test, {k: base[k][1] for k in seeds}),
