@@ -635,3 +635,83 @@ def test_a_bet_cell_whose_checkpoint_is_refused_starts_over(tmp_path):
     info = json.loads((cell.dir / "cell.json").read_text())
     assert info["resumed"] is False and not (cell.dir / "checkpoint.pt").exists()
     assert json.loads((cell.dir / "report.json").read_text())["search"]["iterations"]
+
+
+def test_adopt_moves_a_screens_finished_cells_to_the_default_label(tmp_path):
+    """A screened lever becomes the default without training again: first the default's old cells move to a grid
+    of their own (``--adopt=main:bet --as=bet-fittest``), then the screen's cells become ``bet``; the CSV rows keep
+    every number, the run folders move with a note in cell.json, and a fresh clone (no run folders) keeps them."""
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    common = {"datasets": ["toy"], "sparsities": [0.9], "seeds": [1, 2], "results_dir": str(tmp_path / "results")}
+    specs = {
+        "main": {"models": ["LightGCN", "NGCF"], "methods": ["es", "bet"]},
+        "screen": {"models": ["NGCF"], "methods": [{"label": "bet-lever", "method": "bet",
+                                                    "config": {"bet_retrain_pick": "fittest_and_anchors"}}]},
+        "old": {"models": ["NGCF"], "methods": [{"label": "bet-fittest", "method": "bet",
+                                                 "config": {"bet_retrain_pick": "fittest"}}]},
+    }
+    loaded = {}
+    for name, spec in specs.items():
+        (grids / f"{name}.yaml").write_text(yaml.safe_dump({**common, **spec, "name": name,
+                                                            "output_root": str(tmp_path / "runs" / name)}))
+        loaded[name] = load_grid(grids / f"{name}.yaml")
+    value = {}
+    for name in ("main", "screen"):
+        for k, cell in enumerate(grid_cells(loaded[name])):
+            r20 = 0.2 + 0.01 * k + (0.1 if name == "screen" else 0.0)
+            value[name, cell.model, cell.spec.label, cell.seed] = r20
+            _fake_report(cell, r20, r20 / 2)
+            if cell.spec.method != "bet":
+                continue
+            report = json.loads(cell.report_path.read_text())
+            report.update(full_params=1000, search={"retrained": [
+                {"kept_params": 90, "valid": {"ndcg@20": 0.2}, "test": {"recall@20": r20 - 0.05}}]})
+            cell.report_path.write_text(json.dumps(report))
+    for name in ("main", "screen"):
+        assert _run(f"--grid={grids / name}.yaml", "--tables-only").returncode == 0
+    csv_path = tmp_path / "results" / "toy.csv"
+    before = _csv_rows(csv_path)
+    assert len(before) == 4 + 4 + 4 + 2 + 2  # es, bet and bet@1 on two models and seeds; bet-lever and its @1 on one
+
+    refused = _run(f"--grid={grids / 'main'}.yaml", "--adopt=screen:bet-lever", "--as=bet")
+    assert refused.returncode == 2 and "already has a row" in refused.stderr
+    assert _csv_rows(csv_path) == before
+    assert _run(f"--grid={grids / 'main'}.yaml", "--adopt=screen:bet-lever").returncode == 2  # no such label
+    dry = _run(f"--grid={grids / 'old'}.yaml", "--adopt=main:bet", "--as=bet-fittest", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("would move") == 2 and "2 cell(s) of main:bet match no cell" in dry.stdout
+    assert _csv_rows(csv_path) == before
+
+    out = _run(f"--grid={grids / 'old'}.yaml", "--adopt=main:bet", "--as=bet-fittest")
+    assert out.returncode == 0, out.stderr
+    assert "main.yaml still lists label bet" in out.stdout
+    out = _run(f"--grid={grids / 'main'}.yaml", "--adopt=screen:bet-lever", "--as=bet")
+    assert out.returncode == 0, out.stderr
+    assert "screen.yaml still lists label bet-lever" in out.stdout
+    after = {(r["model"], r["method"], r["seed"]): r for r in _csv_rows(csv_path)}
+    for seed in (1, 2):
+        lever, default = after["NGCF", "bet", str(seed)], after["NGCF", "bet-fittest", str(seed)]
+        assert float(lever["test_recall@20"]) == value["screen", "NGCF", "bet-lever", seed]
+        assert float(default["test_recall@20"]) == value["main", "NGCF", "bet", seed]
+        assert (lever["grid"], default["grid"]) == ("main", "old")
+        assert lever["output_dir"].endswith(f"main/toy/NGCF/bet/0.9/seed{seed}")
+        assert after["NGCF", "bet@1", str(seed)]["output_dir"] == lever["output_dir"] + "#@1"
+        assert float(after["NGCF", "bet-fittest@1", str(seed)]["test_recall@20"]) == \
+            value["main", "NGCF", "bet", seed] - 0.05
+        assert float(after["LightGCN", "bet", str(seed)]["test_recall@20"]) == value["main", "LightGCN", "bet", seed]
+        assert ("NGCF", "bet-lever", str(seed)) not in after
+    moved = tmp_path / "runs" / "main" / "toy" / "NGCF" / "bet" / "0.9" / "seed1"
+    info = json.loads((moved / "cell.json").read_text())
+    assert info["relabelled_from"]["grid"] == "screen" and info["relabelled_from"]["label"] == "bet-lever"
+    assert not (tmp_path / "runs" / "screen" / "toy" / "NGCF" / "bet-lever" / "0.9" / "seed1").exists()
+
+    # once the screen's label is gone, the tables of a clone without run folders keep the adopted rows
+    (grids / "screen.yaml").unlink()
+    shutil.rmtree(tmp_path / "runs")
+    assert _run(f"--grid={grids / 'main'}.yaml", "--tables-only").returncode == 0
+    kept = {(r["model"], r["method"], r["seed"]): r for r in _csv_rows(csv_path)}
+    assert kept == {k: v for k, v in after.items() if v["grid"] != "screen"}
+    md = (tmp_path / "results" / "toy.md").read_text()
+    lever = [value["screen", "NGCF", "bet-lever", k] for k in (1, 2)]
+    assert f"{np.mean(lever):.4f} ± {np.std(lever, ddof=1):.4f}" in md and "bet-fittest" in md

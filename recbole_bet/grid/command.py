@@ -11,10 +11,11 @@ import signal
 import sys
 import threading
 
+from recbole_bet.grid.adopt import adopt, parse_adopt
 from recbole_bet.grid.cells import cell_state, grid_cells, select_cells, shown
 from recbole_bet.grid.load import GridError, bundled_grids, load_grid
 from recbole_bet.grid.parking import park
-from recbole_bet.grid.rows import previous_rows
+from recbole_bet.grid.rows import merge_set, previous_rows
 from recbole_bet.grid.running import describe, print_summary, run_local
 from recbole_bet.grid.tables import build_tables
 
@@ -41,6 +42,12 @@ def parse_args(argv: list, prog: str):
                              "once more with --bet_reuse_run on their folder: their search and retrainings are kept "
                              "and bet_retrain_columns: choose's one training is added, for a grid whose BET runs "
                              "under choose")
+    parser.add_argument("--adopt", metavar="GRID:LABEL", default=None,
+                        help="give the finished cells of GRID's LABEL (e.g. a screen whose lever became a default) to "
+                             "this grid's label of the same name, or to --as: their rows in the results CSV move, "
+                             "and their run folders where they are here; no cell runs, the tables are rebuilt")
+    parser.add_argument("--as", dest="as_label", metavar="LABEL", default=None,
+                        help="with --adopt: this grid's label that the cells become (default: the adopted label)")
     parser.add_argument("--output-root", default=None,
                         help="override the grid's output_root (relative paths: from the current folder)")
     parser.add_argument("--results-dir", default=None, help="override the grid's results_dir (default results)")
@@ -91,6 +98,19 @@ def _park(grid, only) -> int:
     return 0
 
 
+def _adopt(grid, args, only) -> int | None:
+    """--adopt: exit status when nothing more is to be done (a dry run, nothing to move), else None (tables)."""
+    source_grid, source_label, label = parse_adopt(args.adopt, args.as_label)
+    moves = adopt(grid, source_grid, source_label, label, only, dry_run=args.dry_run)
+    if args.dry_run or not moves:
+        return 0
+    still = [g for g in merge_set(grid) if g.name == source_grid and any(m.label == source_label for m in g.methods)]
+    if still:
+        print(f"note: {shown(still[0].path)} still lists label {source_label}: a run of that grid would train the "
+              "adopted cells again; remove the label (or the file) once nothing else needs it")
+    return None
+
+
 def _run_cells(grid, args, only) -> tuple:
     """(exit status or None, failures)."""
     cells = select_cells(grid_cells(grid), only)
@@ -126,7 +146,13 @@ def main(argv=None, prog: str = PROG) -> int:
         failures = []
         if args.park:
             return _park(grid, only)
-        if not args.tables_only:
+        if args.as_label and not args.adopt:
+            raise GridError("--as goes with --adopt=GRID:LABEL")
+        if args.adopt:
+            code = _adopt(grid, args, only)
+            if code is not None:
+                return code
+        elif not args.tables_only:
             code, failures = _run_cells(grid, args, only)
             if code is not None:
                 return code
