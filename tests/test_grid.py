@@ -705,6 +705,10 @@ def test_adopt_moves_a_screens_finished_cells_to_the_default_label(tmp_path):
     info = json.loads((moved / "cell.json").read_text())
     assert info["relabelled_from"]["grid"] == "screen" and info["relabelled_from"]["label"] == "bet-lever"
     assert not (tmp_path / "runs" / "screen" / "toy" / "NGCF" / "bet-lever" / "0.9" / "seed1").exists()
+    # its recorded arguments are the screen's by design: said, not warned about as a stale cell
+    line = _status_line(_run(f"--grid={grids / 'main'}.yaml", "--dry-run", "--only=*/NGCF/bet/*/seed1").stdout,
+                        "toy/NGCF/bet/0.9/seed1")
+    assert "adopted from screen:bet-lever" in line and "WARNING" not in line
 
     # once the screen's label is gone, the tables of a clone without run folders keep the adopted rows
     (grids / "screen.yaml").unlink()

@@ -153,7 +153,10 @@ def load_json(path: Path):
 
 def stale_note(cell: Cell) -> str:
     """A finished cell whose recorded arguments differ from what the grid asks now (never rerun)."""
-    recorded = (load_json(cell.dir / "cell.json") or {}).get("args")
+    info = load_json(cell.dir / "cell.json") or {}
+    recorded = info.get("args")
+    if info.get("relabelled_from"):  # grid --adopt: its own label's arguments by design, not a stale cell
+        return ""
     if recorded is None or comparable_args(recorded) == comparable_args(cell.run_args()):
         return ""
     now, then = set(comparable_args(cell.run_args())), set(comparable_args(recorded))

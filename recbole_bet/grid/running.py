@@ -254,7 +254,9 @@ def status_prefix(i: int, n: int, cell: Cell) -> str:
 
 def skip_line(cell: Cell) -> str:
     note = stale_note(cell)
-    return "skipped (report.json exists)" + (f"; WARNING: {note}" if note else "")
+    adopted = (load_json(cell.dir / "cell.json") or {}).get("relabelled_from")
+    where = f"; adopted from {adopted['grid']}:{adopted['label']}" if adopted else ""
+    return f"skipped (report.json exists{where})" + (f"; WARNING: {note}" if note else "")
 
 
 def outcome_line(outcome: Outcome) -> str:
