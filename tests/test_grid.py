@@ -686,8 +686,13 @@ def test_adopt_moves_a_screens_finished_cells_to_the_default_label(tmp_path):
     out = _run(f"--grid={grids / 'old'}.yaml", "--adopt=main:bet", "--as=bet-fittest")
     assert out.returncode == 0, out.stderr
     assert "main.yaml still lists label bet" in out.stdout
+    screen_cell = next(c for c in grid_cells(loaded["screen"]) if c.seed == 1)
+    screen_cell.log_err().parent.mkdir(parents=True, exist_ok=True)
+    screen_cell.log_err().write_text("its stderr\n")
     out = _run(f"--grid={grids / 'main'}.yaml", "--adopt=screen:bet-lever", "--as=bet")
     assert out.returncode == 0, out.stderr
+    assert not screen_cell.log_err().exists()
+    assert (tmp_path / "runs" / "main" / "logs" / "toy__NGCF__bet__0.9__seed1.err").read_text() == "its stderr\n"
     assert "screen.yaml still lists label bet-lever" in out.stdout
     after = {(r["model"], r["method"], r["seed"]): r for r in _csv_rows(csv_path)}
     for seed in (1, 2):

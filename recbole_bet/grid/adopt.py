@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from recbole_bet.grid.cells import Cell, grid_cells, load_json, select_cells, shown
+from recbole_bet.grid.cells import Cell, cell_log_base, grid_cells, load_json, select_cells, shown
 from recbole_bet.grid.load import Grid, GridError
 from recbole_bet.grid.rows import DERIVED
 
@@ -46,10 +46,9 @@ def _source_dir(output_dir: str, workdir: Path) -> Path:
 
 
 def _log_files(run_dir: Path) -> list:
-    """A cell's .err/.out logs: ``<output_root>/logs/<dataset>__<model>__<label>__<sparsity>__seed<k>.*``."""
-    parts = run_dir.parts[-5:]
-    logs = run_dir.parents[4] / "logs"
-    return [p for p in logs.glob("__".join(parts) + ".*") if p.suffix in (".err", ".out")]
+    """A cell's .err/.out logs, from its run folder ``<output_root>/<dataset>/<model>/<label>/<sparsity>/seed<k>``."""
+    base = cell_log_base(run_dir.parents[4], "/".join(run_dir.parts[-5:]))
+    return [p for p in (base.parent / f"{base.name}.err", base.parent / f"{base.name}.out") if p.is_file()]
 
 
 def plan(grid: Grid, source_grid: str, source_label: str, label: str, only: list) -> tuple:

@@ -85,12 +85,17 @@ class Cell:
         return self.grid.results_dir / "parked" / self.grid.name / self.id
 
     def log_base(self) -> Path:
-        return self.grid.output_root / "logs" / self.id.replace("/", "__")
+        return cell_log_base(self.grid.output_root, self.id)
 
     def log_err(self) -> Path:
         """The cell's stderr log (it starts with the command)."""
         base = self.log_base()
         return base.parent / f"{base.name}.err"
+
+
+def cell_log_base(output_root: Path, cell_id: str) -> Path:
+    """A cell's logs without their suffix (.err, .out): ``<output_root>/logs/<its id, / as __>``."""
+    return Path(output_root) / "logs" / cell_id.replace("/", "__")
 
 
 def grid_cells(grid: Grid) -> list:
@@ -153,10 +158,7 @@ def load_json(path: Path):
 
 def stale_note(cell: Cell) -> str:
     """A finished cell whose recorded arguments differ from what the grid asks now (never rerun)."""
-    info = load_json(cell.dir / "cell.json") or {}
-    recorded = info.get("args")
-    if info.get("relabelled_from"):  # grid --adopt: its own label's arguments by design, not a stale cell
-        return ""
+    recorded = (load_json(cell.dir / "cell.json") or {}).get("args")
     if recorded is None or comparable_args(recorded) == comparable_args(cell.run_args()):
         return ""
     now, then = set(comparable_args(cell.run_args())), set(comparable_args(recorded))

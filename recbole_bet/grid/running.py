@@ -253,10 +253,11 @@ def status_prefix(i: int, n: int, cell: Cell) -> str:
 
 
 def skip_line(cell: Cell) -> str:
-    note = stale_note(cell)
     adopted = (load_json(cell.dir / "cell.json") or {}).get("relabelled_from")
-    where = f"; adopted from {adopted['grid']}:{adopted['label']}" if adopted else ""
-    return f"skipped (report.json exists{where})" + (f"; WARNING: {note}" if note else "")
+    if adopted:  # grid --adopt: it ran with the screen's arguments by design, not a stale cell
+        return f"skipped (report.json exists; adopted from {adopted['grid']}:{adopted['label']})"
+    note = stale_note(cell)
+    return "skipped (report.json exists)" + (f"; WARNING: {note}" if note else "")
 
 
 def outcome_line(outcome: Outcome) -> str:
