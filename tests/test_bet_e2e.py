@@ -33,7 +33,7 @@ def _check_search_report(report, config_t=3, top_k=2):
         assert 0 < it["fitness"] and np.isfinite(it["predicted_fitness"]) and 0 <= it["user_share"] <= 1
     assert search["max_candidate_kept_params"] <= report["budget_params"]
     retrained = [r["t"] for r in search["retrained"]]
-    if report["config"]["bet_retrain_pick"] == "fittest_and_anchors":  # NeuMF's default: the anchor (t = 0) as well
+    if report["config"]["bet_retrain_pick"] == "fittest_and_anchors":  # NeuMF's and NGCF's default: the anchor (t = 0) too
         assert 0 in retrained and len(retrained) == top_k + (0 not in retrained[:top_k])
     else:
         assert len(retrained) == top_k

@@ -459,3 +459,16 @@ def test_bet_anchors_through_the_cli(tmp_path):
     budget = report["budget_params"]
     assert all(budget - 200 < it["kept_params"] <= budget for it in first)
     assert report["kept_params"] <= budget
+
+
+def test_each_backbones_bet_defaults_and_the_paper_profile():
+    """The retraining defaults each backbone's BET was chosen with on validation (docs/reproduction.md "Retraining
+    the anchors"): NeuMF and NGCF retrain their anchors beside the fittest, LightGCN the fittest only; the paper
+    profile gives the paper's pick on every backbone, whatever the model file says."""
+    from recbole_bet.config import make_config
+    picks = {model: make_config(model, "ml-100k", config_dict={"method": "bet"})["bet_retrain_pick"]
+             for model in ("LightGCN", "NGCF", "NeuMF")}
+    assert picks == {"LightGCN": "fittest", "NGCF": "fittest_and_anchors", "NeuMF": "fittest_and_anchors"}
+    for model in picks:
+        assert make_config(model, "ml-100k", config_file_list=["paper"],
+                           config_dict={"method": "bet"})["bet_retrain_pick"] == "fittest"
