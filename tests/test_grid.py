@@ -714,6 +714,12 @@ def test_adopt_moves_a_screens_finished_cells_to_the_default_label(tmp_path):
     line = _status_line(_run(f"--grid={grids / 'main'}.yaml", "--dry-run", "--only=*/NGCF/bet/*/seed1").stdout,
                         "toy/NGCF/bet/0.9/seed1")
     assert "adopted from screen:bet-lever" in line and "WARNING" not in line
+    # a cell that ran with other arguments than the grid asks now (and was not adopted) is warned about
+    es_cell = next(c for c in grid_cells(loaded["main"]) if (c.model, c.spec.label, c.seed) == ("LightGCN", "es", 1))
+    (es_cell.dir / "cell.json").write_text(json.dumps({"args": es_cell.run_args() + ["--es_user_share=1"]}))
+    line = _status_line(_run(f"--grid={grids / 'main'}.yaml", "--dry-run", "--only=*/LightGCN/es/*/seed1").stdout,
+                        "toy/LightGCN/es/0.9/seed1")
+    assert "WARNING: ran with other arguments" in line and "--es_user_share=1" in line
 
     # once the screen's label is gone, the tables of a clone without run folders keep the adopted rows
     (grids / "screen.yaml").unlink()

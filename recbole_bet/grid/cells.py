@@ -156,9 +156,9 @@ def load_json(path: Path):
         return None
 
 
-def stale_note(cell: Cell) -> str:
-    """A finished cell whose recorded arguments differ from what the grid asks now (never rerun)."""
-    recorded = (load_json(cell.dir / "cell.json") or {}).get("args")
+def stale_note(cell: Cell, recorded: list | None) -> str:
+    """A finished cell whose recorded arguments (its cell.json's ``args``) differ from what the grid asks now (never
+    rerun)."""
     if recorded is None or comparable_args(recorded) == comparable_args(cell.run_args()):
         return ""
     now, then = set(comparable_args(cell.run_args())), set(comparable_args(recorded))

@@ -253,10 +253,11 @@ def status_prefix(i: int, n: int, cell: Cell) -> str:
 
 
 def skip_line(cell: Cell) -> str:
-    adopted = (load_json(cell.dir / "cell.json") or {}).get("relabelled_from")
+    info = load_json(cell.dir / "cell.json") or {}
+    adopted = info.get("relabelled_from")
     if adopted:  # grid --adopt: it ran with the screen's arguments by design, not a stale cell
         return f"skipped (report.json exists; adopted from {adopted['grid']}:{adopted['label']})"
-    note = stale_note(cell)
+    note = stale_note(cell, info.get("args"))
     return "skipped (report.json exists)" + (f"; WARNING: {note}" if note else "")
 
 
